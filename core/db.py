@@ -1,0 +1,118 @@
+"""The database: one ``AsyncMongoClient`` per process and loop, collection handles, indexes.
+
+Create it once with ``Database.connect`` and pass it to everything that needs
+MongoDB; close it with ``await db.close()``.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timezone
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import ConnectionFailure, PyMongoError
+
+from core.errors import DatabaseUnavailable
+
+__all__ = ["Database", "COLLECTIONS", "LOG_TTL_INDEX"]
+
+COLLECTIONS = ("queue", "journal", "log", "registry", "user", "worker", "audit", "settings")
+LOG_TTL_INDEX = "log_ttl"
+
+# Every query jobdeck makes is served by one of these (the embedded server
+# scans a collection for an unindexed query, which is slow; see SPEC §3.1).
+_INDEXES: dict[str, list[IndexModel]] = {
+    "queue": [
+        IndexModel([("state", ASCENDING), ("priority", DESCENDING), ("_id", ASCENDING)], name="claim"),
+        IndexModel([("qual_name", ASCENDING)], name="qual_name"),
+        IndexModel([("locked.worker", ASCENDING)], name="locked_worker"),
+        IndexModel([("locked.heartbeat", ASCENDING)], name="lease"),
+    ],
+    "journal": [
+        IndexModel([("finished_at", DESCENDING)], name="finished_at"),
+        IndexModel([("qual_name", ASCENDING), ("finished_at", DESCENDING)], name="qual_name"),
+        IndexModel([("state", ASCENDING), ("finished_at", DESCENDING)], name="state"),
+    ],
+    "log": [
+        IndexModel([("job_id", ASCENDING), ("seq", ASCENDING)], name="job_seq", unique=True),
+    ],
+    "user": [IndexModel([("name", ASCENDING)], name="name", unique=True)],
+    "worker": [IndexModel([("heartbeat", DESCENDING)], name="heartbeat")],
+    "audit": [
+        IndexModel([("at", DESCENDING)], name="at"),
+        IndexModel([("target", ASCENDING), ("at", DESCENDING)], name="target"),
+    ],
+}
+
+
+class Database:
+    """jobdeck's MongoDB database: the client and one handle per collection."""
+
+    queue: AsyncCollection
+    journal: AsyncCollection
+    log: AsyncCollection
+    registry: AsyncCollection
+    user: AsyncCollection
+    worker: AsyncCollection
+    audit: AsyncCollection
+    settings: AsyncCollection
+
+    def __init__(self, client: AsyncMongoClient, name: str) -> None:
+        self.client = client
+        self.name = name
+        self.db = client[name]
+        for collection in COLLECTIONS:
+            setattr(self, collection, self.db[collection])
+
+    @classmethod
+    def connect(cls, url: str, name: str, *, timeout: float = 5.0) -> Database:
+        """Create the process's client; no I/O happens until the first command."""
+        client: AsyncMongoClient = AsyncMongoClient(
+            url,
+            tz_aware=True,
+            tzinfo=timezone.utc,
+            appname="jobdeck",
+            serverSelectionTimeoutMS=int(timeout * 1000),
+            connectTimeoutMS=int(timeout * 1000),
+        )
+        return cls(client, name)
+
+    async def close(self) -> None:
+        """Close the client and its connections."""
+        await self.client.close()
+
+    async def ensure_indexes(self, *, log_retention_days: float) -> None:
+        """Create every index idempotently, and the ``log`` TTL index at its configured age.
+
+        Raises ``DatabaseUnavailable`` when MongoDB cannot be reached.
+        """
+        try:
+            for collection, models in _INDEXES.items():
+                await self.db[collection].create_indexes(models)
+            await self._ensure_log_ttl(int(log_retention_days * 86400))
+        except ConnectionFailure as exc:
+            raise DatabaseUnavailable(f"MongoDB is unreachable: {exc}") from None
+
+    async def _ensure_log_ttl(self, seconds: int) -> None:
+        existing = (await self.log.index_information()).get(LOG_TTL_INDEX)
+        if existing is None:
+            await self.log.create_index([("created", ASCENDING)], name=LOG_TTL_INDEX,
+                                        expireAfterSeconds=seconds)
+        elif existing.get("expireAfterSeconds") != seconds:
+            # create_index refuses to change options of an existing index.
+            await self.db.command("collMod", "log",
+                                  index={"name": LOG_TTL_INDEX, "expireAfterSeconds": seconds})
+
+    async def health(self, *, timeout: float = 2.0) -> dict[str, Any]:
+        """Ping the server; return ``{"database": "ok", "ping_ms": ...}``.
+
+        Raises ``DatabaseUnavailable`` when no answer comes within ``timeout`` seconds.
+        """
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(self.client.admin.command("ping"), timeout)
+        except (PyMongoError, asyncio.TimeoutError) as exc:
+            raise DatabaseUnavailable(f"MongoDB did not answer ping: {exc or 'timeout'}") from None
+        return {"database": "ok", "ping_ms": round((time.perf_counter() - started) * 1000, 2)}

@@ -1,0 +1,227 @@
+"""Users: stored in the ``user`` collection, passwords hashed with argon2.
+
+A user document::
+
+    {name, password (hash), roles, perms, active, created, updated,
+     password_set, version}
+
+``version`` grows with every change, which is how caches of verified
+credentials in every server process notice that a user changed.
+``password_set`` changes with the password and invalidates issued tokens.
+Every change is written to ``audit``. Hashing runs off the event loop.
+"""
+from __future__ import annotations
+
+import functools
+import re
+import secrets
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Iterable
+
+from passlib.context import CryptContext
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from core import audit
+from core.blocking import run_blocking
+from core.errors import BadArgument, Conflict, NotFound
+from core.permissions import check_permission, check_role
+
+if TYPE_CHECKING:
+    from core.db import Database
+
+__all__ = ["PASSWORDS", "add", "get", "find", "list_users", "set_password", "change_access",
+           "set_active", "remove", "verify_password", "public", "bootstrap_admin", "check_name"]
+
+# argon2 for new hashes; older schemes are still verified, then rehashed.
+PASSWORDS = CryptContext(schemes=["argon2", "pbkdf2_sha256", "bcrypt"], deprecated="auto")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the user does not exist, so that a wrong name
+    takes as long as a wrong password and names cannot be probed by timing."""
+    return PASSWORDS.hash(secrets.token_hex(8))
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_MAX_PASSWORD = 1024
+_PUBLIC_FIELDS = ("name", "roles", "perms", "active", "created", "updated")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a valid user name; raise ``BadArgument`` saying why not."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise BadArgument(
+            f"bad user name {name!r}: 1-64 letters, digits, '_', '.', '@' or '-', "
+            "starting with a letter or digit")
+    return name
+
+
+def _check_password(password: str) -> str:
+    if not isinstance(password, str) or not password:
+        raise BadArgument("the password must not be empty")
+    if len(password) > _MAX_PASSWORD:
+        raise BadArgument(f"the password is longer than {_MAX_PASSWORD} characters")
+    return password
+
+
+def public(user: dict[str, Any]) -> dict[str, Any]:
+    """The user as shown to clients: everything but the hash and internals."""
+    return {key: user.get(key) for key in _PUBLIC_FIELDS}
+
+
+async def find(db: Database, name: str) -> dict[str, Any] | None:
+    """The user document named ``name``, or ``None``."""
+    return await db.user.find_one({"name": name})
+
+
+async def get(db: Database, name: str) -> dict[str, Any]:
+    """The user document named ``name``; raises ``NotFound``."""
+    user = await find(db, name)
+    if user is None:
+        raise NotFound(f"no user {name!r}")
+    return user
+
+
+async def list_users(db: Database) -> list[dict[str, Any]]:
+    """All users, by name, without password hashes."""
+    return [public(user) async for user in db.user.find({}).sort("name", 1)]
+
+
+async def add(db: Database, name: str, password: str, *, roles: Iterable[str] = (),
+              perms: Iterable[str] = (), actor: str) -> dict[str, Any]:
+    """Create an active user; raises ``BadArgument`` or ``Conflict`` if the name is taken."""
+    check_name(name)
+    _check_password(password)
+    roles = sorted({check_role(role) for role in roles})
+    perms = sorted({check_permission(perm) for perm in perms})
+    now = _now()
+    user = {"name": name, "password": await run_blocking(PASSWORDS.hash, password),
+            "roles": roles, "perms": perms, "active": True, "created": now, "updated": now,
+            "password_set": now, "version": 1}
+    try:
+        await db.user.insert_one(user)
+    except DuplicateKeyError:
+        raise Conflict(f"user {name!r} exists already") from None
+    await audit.record(db, "user.add", actor=actor, target=name, roles=roles, perms=perms)
+    return public(user)
+
+
+async def _update(db: Database, name: str, change: dict[str, Any]) -> dict[str, Any]:
+    """Apply ``$set`` fields to a user, bumping ``version``; raises ``NotFound``."""
+    change = {**change, "updated": _now()}
+    user = await db.user.find_one_and_update(
+        {"name": name}, {"$set": change, "$inc": {"version": 1}},
+        return_document=ReturnDocument.AFTER)
+    if user is None:
+        raise NotFound(f"no user {name!r}")
+    return user
+
+
+async def set_password(db: Database, name: str, password: str, *, actor: str) -> dict[str, Any]:
+    """Replace a user's password; tokens issued before stop working."""
+    _check_password(password)
+    await get(db, name)
+    hashed = await run_blocking(PASSWORDS.hash, password)
+    user = await _update(db, name, {"password": hashed, "password_set": _now()})
+    await audit.record(db, "user.passwd", actor=actor, target=name)
+    return public(user)
+
+
+async def _require_other_admin(db: Database, name: str, action: str) -> None:
+    """Raise ``Conflict`` if ``name`` is the last active admin."""
+    others = await db.user.count_documents(
+        {"roles": "admin", "active": True, "name": {"$ne": name}}, limit=1)
+    user = await get(db, name)
+    if not others and "admin" in user.get("roles", ()) and user.get("active"):
+        raise Conflict(f"cannot {action} {name!r}: it is the last active admin; "
+                       "make another user admin first")
+
+
+async def change_access(db: Database, name: str, *, grant: Iterable[str] = (),
+                        revoke: Iterable[str] = (), add_roles: Iterable[str] = (),
+                        drop_roles: Iterable[str] = (), actor: str) -> dict[str, Any]:
+    """Grant and revoke permissions and roles of a user.
+
+    Raises ``BadArgument`` for malformed permissions or unknown roles, and
+    ``Conflict`` when dropping the admin role of the last active admin.
+    """
+    grant = {check_permission(p) for p in grant}
+    revoke = {check_permission(p) for p in revoke}
+    add_roles = {check_role(r) for r in add_roles}
+    drop_roles = {check_role(r) for r in drop_roles}
+    if "admin" in drop_roles:
+        await _require_other_admin(db, name, "drop the admin role of")
+    while True:
+        user = await get(db, name)
+        perms = sorted((set(user.get("perms", ())) | grant) - revoke)
+        roles = sorted((set(user.get("roles", ())) | add_roles) - drop_roles)
+        # Compare-and-set on version: a concurrent change makes us re-read.
+        result = await db.user.update_one(
+            {"_id": user["_id"], "version": user["version"]},
+            {"$set": {"perms": perms, "roles": roles, "updated": _now()}, "$inc": {"version": 1}})
+        if result.modified_count:
+            break
+    await audit.record(db, "user.access", actor=actor, target=name,
+                       grant=sorted(grant), revoke=sorted(revoke),
+                       add_roles=sorted(add_roles), drop_roles=sorted(drop_roles))
+    return public(await get(db, name))
+
+
+async def set_active(db: Database, name: str, active: bool, *, actor: str) -> dict[str, Any]:
+    """Enable or disable a user; a disabled user cannot log in or use a token.
+
+    Raises ``Conflict`` when disabling the last active admin.
+    """
+    if not active:
+        await _require_other_admin(db, name, "disable")
+    user = await _update(db, name, {"active": bool(active)})
+    await audit.record(db, "user.enable" if active else "user.disable", actor=actor, target=name)
+    return public(user)
+
+
+async def remove(db: Database, name: str, *, actor: str) -> None:
+    """Delete a user; raises ``NotFound``, or ``Conflict`` for the last active admin."""
+    await _require_other_admin(db, name, "remove")
+    result = await db.user.delete_one({"name": name})
+    if not result.deleted_count:
+        raise NotFound(f"no user {name!r}")
+    await audit.record(db, "user.remove", actor=actor, target=name)
+
+
+async def verify_password(db: Database, user: dict[str, Any] | None, password: str) -> bool:
+    """Check ``password`` against ``user``'s hash off the loop; rehash old schemes.
+
+    With ``user=None`` a dummy hash is verified so the call takes as long.
+    """
+    if user is None:
+        await run_blocking(PASSWORDS.verify, password, _dummy_hash())
+        return False
+    ok, new_hash = await run_blocking(PASSWORDS.verify_and_update, password, user["password"])
+    if ok and new_hash:
+        # Same password, stronger hash: not a change of the user, so neither
+        # version nor password_set move (caches and tokens stay valid).
+        await db.user.update_one({"_id": user["_id"], "password": user["password"]},
+                                 {"$set": {"password": new_hash}})
+    return ok
+
+
+async def bootstrap_admin(db: Database, password: str | None = None) -> str | None:
+    """Create the ``admin`` user when no admin exists yet.
+
+    Uses ``password`` (``JOBDECK_ADMIN_PASSWORD``) or a generated one. Returns
+    the password if it was generated (to be printed once), else ``None``.
+    """
+    if await db.user.count_documents({"roles": "admin"}, limit=1):
+        return None
+    generated = None if password else secrets.token_urlsafe(12)
+    try:
+        await add(db, "admin", password or generated, roles=["admin"], actor="bootstrap")
+    except Conflict:
+        return None  # another process created it first, or a non-admin 'admin' exists
+    return generated

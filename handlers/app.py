@@ -1,0 +1,90 @@
+"""The Tornado application: routes under ``/api/v1`` and ``/core4/api/v1``, and the server."""
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from tornado.web import Application
+
+from core.auth import Authenticator, load_secret
+from core.config import Config
+from core.db import Database
+from handlers.base import NotFoundHandler
+from handlers.system import HealthHandler, LoginHandler, LogoutHandler, WhoamiHandler
+
+__all__ = ["PREFIXES", "ROUTES", "Services", "make_app", "Server"]
+
+log = logging.getLogger(__name__)
+
+PREFIXES = ("/api/v1", "/core4/api/v1")
+ROUTES: list[tuple[str, type]] = [
+    (r"/health", HealthHandler),
+    (r"/whoami", WhoamiHandler),
+    (r"/login", LoginHandler),
+    (r"/logout", LogoutHandler),
+]
+
+
+@dataclass
+class Services:
+    """What the handlers share: configuration, database, authenticator."""
+
+    config: Config
+    db: Database
+    auth: Authenticator
+    started: float = field(default_factory=time.monotonic)
+
+
+def make_app(services: Services, **settings: Any) -> Application:
+    """The application with every route mounted under each of ``PREFIXES``."""
+    handlers = [(prefix + path + "/?", handler) for prefix in PREFIXES for path, handler in ROUTES]
+    return Application(handlers, default_handler_class=NotFoundHandler, services=services, **settings)
+
+
+class Server:
+    """The HTTP server of one process: ``await start()``, then ``await stop()``."""
+
+    def __init__(self, config: Config, db: Database, *, auth: Authenticator | None = None) -> None:
+        self.config = config
+        self.db = db
+        self.auth = auth
+        self.http: HTTPServer | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        """Listen on ``config.host:config.port`` (port 0 picks a free one, see ``self.port``)."""
+        if self.auth is None:
+            self.auth = Authenticator(self.db, await load_secret(self.db),
+                                      token_seconds=self.config.token_hours * 3600)
+        services = Services(self.config, self.db, self.auth)
+        ssl_options = None
+        if self.config.tls:
+            ssl_options = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_options.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        # Tornado's own limit only guards the connection; the handlers answer
+        # 413 at max_body_size, so theirs must be higher.
+        self.http = HTTPServer(make_app(services), ssl_options=ssl_options,
+                               max_body_size=max(self.config.max_body_size * 4, 16 * 1024 * 1024))
+        sockets = bind_sockets(self.config.port, self.config.host, family=socket.AF_INET
+                               if self.config.host.count(".") == 3 else socket.AF_UNSPEC)
+        self.http.add_sockets(sockets)
+        self.port = sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        """The base URL of the API."""
+        scheme = "https" if self.config.tls else "http"
+        return f"{scheme}://{self.config.host}:{self.port}/api/v1"
+
+    async def stop(self) -> None:
+        """Stop listening and close every open connection."""
+        if self.http is not None:
+            self.http.stop()
+            await self.http.close_all_connections()
+            self.http = None

@@ -1,0 +1,306 @@
+"""The base of every API handler: authentication, arguments, reply and error envelopes.
+
+Every reply is JSON::
+
+    {"_id": <request id>, "code": 200, "message": "OK", "timestamp": "...", "data": ...}
+
+and every error::
+
+    {"_id": <request id>, "code": 4xx, "message": "Bad Request", "timestamp": "...",
+     "error": "what was wrong"}
+
+Arguments come from the query string or a JSON (or form) body, for every
+method; ``arg()`` coerces them and raises ``BadArgument`` with the argument's
+name. The body is read only after authentication succeeded, and never beyond
+``max_body_size`` (413).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+import logging
+import math
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import parse_qs
+
+import dateutil.parser
+from bson import ObjectId
+from pymongo.errors import ConnectionFailure
+from tornado import httputil
+from tornado.web import HTTPError, RequestHandler, stream_request_body
+
+from core.encoding import dumps, isotime
+from core.errors import BadArgument, DatabaseUnavailable, JobdeckError, TooLarge, TooManyRequests, Unauthorized
+
+if TYPE_CHECKING:
+    from handlers.app import Services
+
+__all__ = ["BaseHandler", "NotFoundHandler", "COOKIE", "MISSING"]
+
+log = logging.getLogger(__name__)
+
+COOKIE = "jobdeck_token"
+MISSING: Any = object()
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+@stream_request_body
+class BaseHandler(RequestHandler):
+    """Authenticates in ``prepare``; subclasses read ``arg()`` and call ``reply()``."""
+
+    auth_required = True
+
+    def initialize(self) -> None:
+        self._chunks: list[bytes] = []
+        self._body_size = 0
+        self._args: dict[str, Any] | None = None
+
+    @property
+    def services(self) -> Services:
+        """The application's shared services (configuration, database, authenticator)."""
+        return self.application.settings["services"]
+
+    @functools.cached_property
+    def request_id(self) -> ObjectId:
+        """This request's id: the ``_id`` of its reply and the ``X-Request-Id`` header."""
+        return ObjectId()
+
+    # -- request life cycle ----------------------------------------------
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Request-Id", str(self.request_id))
+        self._set_cors_headers()
+
+    def _set_cors_headers(self) -> None:
+        origin = self.request.headers.get("Origin")
+        if origin and origin in self.services.config.cors_origins:
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Access-Control-Allow-Credentials", "true")
+            self.set_header("Vary", "Origin")
+
+    async def prepare(self) -> None:
+        length = self.request.headers.get("Content-Length")
+        limit = self.services.config.max_body_size
+        if length and length.isdigit() and int(length) > limit:
+            raise TooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")
+        if self.request.method == "OPTIONS" or not self.auth_required:
+            return
+        self.current_user = await self.authenticate()
+
+    def data_received(self, chunk: bytes) -> None:
+        # Past the limit the rest is drained, not kept; arg() then raises 413.
+        self._body_size += len(chunk)
+        if self._body_size <= self.services.config.max_body_size:
+            self._chunks.append(chunk)
+
+    def options(self, *args: Any) -> None:
+        """CORS preflight: answered without authentication."""
+        self.set_header("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
+        self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID")
+        self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+        self.finish()
+
+    # -- authentication --------------------------------------------------
+
+    async def authenticate(self) -> dict[str, Any]:
+        """The user behind Basic credentials, a Bearer token or the login cookie."""
+        auth = self.services.auth
+        header = self.request.headers.get("Authorization")
+        if header:
+            scheme, _, value = header.strip().partition(" ")
+            if scheme.lower() == "basic":
+                name, password = self.basic_credentials(value)
+                return await auth.password(name, password, address=self.request.remote_ip)
+            if scheme.lower() == "bearer":
+                return await auth.token(value.strip())
+            raise Unauthorized(f"unsupported Authorization scheme {scheme!r}; use Basic or Bearer")
+        cookie = self.get_cookie(COOKIE)
+        if cookie:
+            return await auth.token(cookie)
+        raise Unauthorized("authentication required: use Basic auth, a Bearer token, "
+                           "or the cookie set by POST /login")
+
+    @staticmethod
+    def basic_credentials(value: str) -> tuple[str, str]:
+        """Decode the value of a Basic ``Authorization`` header into (name, password)."""
+        try:
+            name, colon, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raise Unauthorized("malformed Basic credentials") from None
+        if not colon or not name:
+            raise Unauthorized("malformed Basic credentials: expected base64 of name:password")
+        return name, password
+
+    # -- arguments -------------------------------------------------------
+
+    @property
+    def args(self) -> dict[str, Any]:
+        """All arguments: the query string, overridden by the body's fields."""
+        if self._args is None:
+            try:
+                args: dict[str, Any] = {k: v[-1].decode("utf-8")
+                                        for k, v in self.request.query_arguments.items()}
+            except UnicodeDecodeError:
+                raise BadArgument("query string is not valid UTF-8") from None
+            args.update(self._body_args())
+            self._args = args
+        return self._args
+
+    def _body_args(self) -> dict[str, Any]:
+        limit = self.services.config.max_body_size
+        if self._body_size > limit:
+            raise TooLarge(f"request body of {self._body_size} bytes exceeds the limit of {limit} bytes")
+        body = b"".join(self._chunks) or self.request.body
+        if not body.strip():
+            return {}
+        content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type == "application/x-www-form-urlencoded" and not body.lstrip().startswith(b"{"):
+            try:
+                return {k: v[-1] for k, v in parse_qs(body.decode("utf-8"), strict_parsing=True).items()}
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise BadArgument(f"request body is not valid form data: {exc}") from None
+        if content_type == "multipart/form-data":
+            raise BadArgument("multipart bodies are not accepted; send JSON")
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise BadArgument(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise BadArgument(f"request body must be a JSON object, got {type(data).__name__}")
+        return data
+
+    def arg(self, name: str, kind: Callable[..., Any] | type = str, default: Any = MISSING) -> Any:
+        """Argument ``name`` coerced to ``kind`` (str, int, float, bool, dict, list, datetime).
+
+        Raises ``BadArgument`` naming the argument when it is missing (and has
+        no default) or cannot be coerced. ``None`` (JSON null) gives the default.
+        """
+        value = self.args.get(name)
+        if value is None:
+            if default is MISSING:
+                raise BadArgument(f"argument {name!r} is required")
+            return default
+        try:
+            return _coerce(value, kind)
+        except (TypeError, ValueError, OverflowError):
+            raise BadArgument(f"argument {name!r}: expected {_KIND_NAMES.get(kind, kind.__name__)}, "
+                              f"got {_shorten(value)}") from None
+
+    def object_id(self, value: str, what: str = "id") -> ObjectId:
+        """``value`` as an ObjectId; raises ``BadArgument`` for anything else."""
+        if not ObjectId.is_valid(value) or not isinstance(value, str) or len(value) != 24:
+            raise BadArgument(f"bad {what} {_shorten(value)}: expected 24 hexadecimal characters")
+        return ObjectId(value)
+
+    # -- replies ---------------------------------------------------------
+
+    def envelope(self, code: int, **fields: Any) -> dict[str, Any]:
+        """The fields every JSON reply carries, plus ``fields``."""
+        return {"_id": self.request_id, "code": code,
+                "message": httputil.responses.get(code, "Unknown"),
+                "timestamp": isotime(datetime.now(timezone.utc)), **fields}
+
+    def reply(self, data: Any = None, *, status: int = 200, **extra: Any) -> None:
+        """Finish with the reply envelope holding ``data`` (and e.g. pagination fields)."""
+        self.set_status(status)
+        self.finish(dumps(self.envelope(status, **extra, data=data)))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Render any error as the error envelope, with the status its exception carries."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = httputil.responses.get(status_code, "Unknown")
+        if isinstance(exc, ConnectionFailure):
+            exc = DatabaseUnavailable(f"the database is unavailable: {exc}")
+        if isinstance(exc, JobdeckError):
+            status_code, message = exc.status, str(exc)
+        elif isinstance(exc, HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args
+        elif status_code == 405:
+            message = f"method {self.request.method} is not allowed on {self.request.path}"
+        elif status_code >= 500:
+            message = f"internal error; the server log has the details under request id {self.request_id}"
+        self.set_status(status_code)
+        if isinstance(exc, Unauthorized):
+            self.set_header("WWW-Authenticate", 'Basic realm="jobdeck", charset="UTF-8"')
+        if isinstance(exc, TooManyRequests):
+            self.set_header("Retry-After", str(exc.retry_after))
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(dumps(self.envelope(status_code, error=message)))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        # Errors raised on purpose are answers, not incidents: one line, no traceback.
+        if isinstance(value, (JobdeckError, ConnectionFailure)):
+            log.info("%s %s -> %s (request %s)", self.request.method, self.request.uri, value, self.request_id)
+        else:
+            super().log_exception(typ, value, tb)
+
+
+class NotFoundHandler(BaseHandler):
+    """Answers every unknown path with a 404 envelope, before authentication."""
+
+    auth_required = False
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        raise HTTPError(404, "no such endpoint: %s", self.request.path)
+
+
+_KIND_NAMES: dict[Any, str] = {
+    str: "a string", int: "an integer", float: "a number", bool: "a boolean (true/false/1/0)",
+    dict: "a JSON object", list: "a JSON list", datetime: "a date and time (ISO 8601)",
+}
+
+
+def _shorten(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...'"
+
+
+def _coerce(value: Any, kind: Any) -> Any:
+    """Coerce a JSON or query-string value to ``kind``; raises ``ValueError``/``TypeError``."""
+    if kind is str:
+        if not isinstance(value, str):
+            raise TypeError
+        return value
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ValueError
+    if kind is int:
+        if isinstance(value, bool):
+            raise TypeError
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, (int, str)):
+            return int(value)
+        raise TypeError
+    if kind is float:
+        if isinstance(value, bool):
+            raise TypeError
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError
+        return number
+    if kind in (dict, list):
+        if isinstance(value, str):
+            value = json.loads(value)
+        if not isinstance(value, kind):
+            raise TypeError
+        return value
+    if kind is datetime:
+        if not isinstance(value, str):
+            raise TypeError
+        moment = dateutil.parser.isoparse(value)
+        return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return kind(value)

@@ -1,0 +1,4 @@
+"""``python -m jobdeck``."""
+from jobdeck.cli import main
+
+main()

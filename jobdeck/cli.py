@@ -1,0 +1,110 @@
+"""The ``jobdeck`` command: the group, ``--config``, error reporting and the database runner."""
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import sys
+from typing import Any, Awaitable, Callable, TypeVar
+
+import click
+from pymongo.errors import ConnectionFailure, PyMongoError
+
+from core import config as configuration
+from core.config import Config
+from core.db import Database
+from core.embedded import database_url
+from core.errors import JobdeckError
+
+__all__ = ["main", "cli", "config_option", "load_config", "run_with_database", "actor", "setup_logging"]
+
+T = TypeVar("T")
+_CONFIG_KEY = "jobdeck.config"
+
+
+def _remember_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.find_root().meta[_CONFIG_KEY] = value
+
+
+def config_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--config PATH`` to a command (it is accepted on the group and on every command)."""
+    return click.option(
+        "--config", type=click.Path(dir_okay=False), expose_value=False, is_eager=True,
+        callback=_remember_config, metavar="PATH",
+        help="TOML configuration file [default: $JOBDECK_CONFIG, ./jobdeck.toml, "
+             "/etc/jobdeck/jobdeck.toml].")(command)
+
+
+def load_config() -> Config:
+    """The configuration named by ``--config`` (or found the usual way), validated."""
+    ctx = click.get_current_context()
+    return configuration.load(ctx.find_root().meta.get(_CONFIG_KEY))
+
+
+def setup_logging(config: Config) -> None:
+    """Log to stderr at the configured level."""
+    logging.basicConfig(level=config.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def actor() -> str:
+    """Who an operator command acts as, for the audit trail."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def run_with_database(config: Config, work: Callable[[Database], Awaitable[T]]) -> T:
+    """Run ``work(db)`` on a fresh event loop with the configured database.
+
+    Without ``mongo_url`` this uses the data_dir's running embedded server or
+    starts one for the duration of the call (before the loop starts).
+    """
+    with database_url(config) as url:
+        async def main() -> T:
+            db = Database.connect(url, config.database)
+            try:
+                await db.ensure_indexes(log_retention_days=config.log_retention_days)
+                return await work(db)
+            finally:
+                await db.close()
+        return asyncio.run(main())
+
+
+class _Group(click.Group):
+    """Turns jobdeck's errors into a one-line message and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except JobdeckError as exc:
+            raise click.ClickException(str(exc)) from None
+        except ConnectionFailure as exc:
+            raise click.ClickException(f"the database is unavailable: {exc}") from None
+        except PyMongoError as exc:
+            raise click.ClickException(f"database error: {exc}") from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@config_option
+@click.version_option(package_name="jobdeck")
+def cli() -> None:
+    """jobdeck: a job management service.
+
+    Clients enqueue jobs over HTTP and follow them live; workers run them;
+    finished jobs are kept in a journal. These commands run the service and
+    administer it directly on its database.
+
+    \b
+    Quick start:
+      jobdeck up                      database, server and worker in one
+      jobdeck user add alice --perm 'job:jobs.example.*:x'
+    """
+
+
+def main() -> None:
+    """Entry point of the ``jobdeck`` console script."""
+    from jobdeck import service, users  # noqa: F401  (registers the commands)
+    cli(prog_name="jobdeck")
