@@ -126,6 +126,7 @@ class Authenticator:
         self.clock = clock
         self._cache_key = secrets.token_bytes(32)  # per process: cache keys mean nothing elsewhere
         self._cache: OrderedDict[bytes, tuple[str, int, float]] = OrderedDict()
+        self.stats = {"verifications": 0, "cache_hits": 0}
 
     # -- passwords -------------------------------------------------------
 
@@ -139,7 +140,9 @@ class Authenticator:
         self.throttle.check(*keys)
         user = await users.find(self.db, name)
         if user is not None and self._cached(name, password, user):
+            self.stats["cache_hits"] += 1
             return self._require_active(user)
+        self.stats["verifications"] += 1
         if not await users.verify_password(self.db, user, password):
             self.throttle.fail(*keys)
             await audit.record(self.db, "login.failed", actor=name, target=name, address=address)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -139,8 +140,6 @@ def _parse_env(key: str, raw: str, where: str) -> Any:
             except ValueError:
                 raise ConfigError(f"{where}: expected a JSON list or comma-separated names, got {raw!r}") from None
         return [part.strip() for part in text.split(",") if part.strip()]
-    if raw == "" and _FIELDS[key].default is None:
-        return None
     if kind in ("int", "float"):
         try:
             return int(raw) if kind == "int" else float(raw)
@@ -154,7 +153,9 @@ def _check(key: str, value: Any, base: Path, where: str) -> Any:
     """Validate one value's type and range; resolve relative paths against ``base``."""
     kind = _kind(key)
     optional = _FIELDS[key].default is None
-    if value is None and optional:
+    # "" means unset for optional keys, from the environment and the file alike:
+    # a path key would otherwise resolve "" to the base directory.
+    if optional and (value is None or value == ""):
         return None
     if kind == "list":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -167,6 +168,9 @@ def _check(key: str, value: Any, base: Path, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         value = float(value)
+        # nan would pass every range and ordering check below.
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
     elif not isinstance(value, str):
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     _check_range(key, value, where)

@@ -77,4 +77,5 @@ def readable_filter(user: dict[str, Any], action: str = READ, field: str = "qual
     patterns = [fnmatch.translate(glob) for glob in _globs(user, action)] if user.get("active") else []
     if not patterns:
         return {field: {"$in": []}}
-    return {field: {"$regex": "|".join(f"(?:{p})" for p in patterns)}}
+    # fnmatch.translate anchors only the end; $regex searches, so anchor the start.
+    return {field: {"$regex": "^(?:" + "|".join(f"(?:{p})" for p in patterns) + ")"}}

@@ -41,19 +41,21 @@ class Services:
     started: float = field(default_factory=time.monotonic)
 
 
-def make_app(services: Services, **settings: Any) -> Application:
+def make_app(services: Services, routes: list[tuple[str, type]] = ROUTES, **settings: Any) -> Application:
     """The application with every route mounted under each of ``PREFIXES``."""
-    handlers = [(prefix + path + "/?", handler) for prefix in PREFIXES for path, handler in ROUTES]
+    handlers = [(prefix + path + "/?", handler) for prefix in PREFIXES for path, handler in routes]
     return Application(handlers, default_handler_class=NotFoundHandler, services=services, **settings)
 
 
 class Server:
     """The HTTP server of one process: ``await start()``, then ``await stop()``."""
 
-    def __init__(self, config: Config, db: Database, *, auth: Authenticator | None = None) -> None:
+    def __init__(self, config: Config, db: Database, *, auth: Authenticator | None = None,
+                 routes: list[tuple[str, type]] = ROUTES) -> None:
         self.config = config
         self.db = db
         self.auth = auth
+        self.routes = routes
         self.http: HTTPServer | None = None
         self.port: int | None = None
 
@@ -69,7 +71,7 @@ class Server:
             ssl_options.load_cert_chain(self.config.tls_cert, self.config.tls_key)
         # Tornado's own limit only guards the connection; the handlers answer
         # 413 at max_body_size, so theirs must be higher.
-        self.http = HTTPServer(make_app(services), ssl_options=ssl_options,
+        self.http = HTTPServer(make_app(services, self.routes), ssl_options=ssl_options,
                                max_body_size=max(self.config.max_body_size * 4, 16 * 1024 * 1024))
         sockets = bind_sockets(self.config.port, self.config.host, family=socket.AF_INET
                                if self.config.host.count(".") == 3 else socket.AF_UNSPEC)
