@@ -1,13 +1,17 @@
 # Two commands on a fresh machine:
 #   make up    - install jobdeck with the embedded database and run it
 #   make test  - install jobdeck with the dev extras and run the test suite
-PYTHON ?= $(shell command -v python3.13 || command -v python3.12 || command -v python3.11 || command -v python3)
+# The first interpreter that runs and is 3.11 or newer (a pyenv shim may exist
+# for a version that is not selected, so each candidate is actually run).
+PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { command -v $$p; break; }; done)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
 .PHONY: up test clean
 
 $(BIN)/python:
+	@test -n "$(PYTHON)" || { echo "jobdeck needs Python 3.11 or newer; none found (set PYTHON=/path/to/python3.11)"; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "jobdeck needs Python 3.11 or newer, found " + sys.version.split()[0] + " at " + sys.executable + "; set PYTHON=/path/to/python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
