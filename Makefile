@@ -14,7 +14,6 @@ $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "jobdeck needs Python 3.11 or newer; none found (set PYTHON=/path/to/python3.11)"; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "jobdeck needs Python 3.11 or newer, found " + sys.version.split()[0] + " at " + sys.executable + "; set PYTHON=/path/to/python3.11")'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # One stamp per extra, remade when the package metadata changes.
 $(VENV)/.embedded: setup.cfg pyproject.toml | $(BIN)/python
