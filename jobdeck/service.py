@@ -60,10 +60,7 @@ def up() -> None:
     'admin' user is created with $JOBDECK_ADMIN_PASSWORD or a generated
     password, printed once.
     """
-    config = load_config()
-    setup_logging(config)
-    with database_url(config) as url:
-        asyncio.run(_run_server(config, url))
+    _serve()
 
 
 @cli.command()
@@ -74,6 +71,10 @@ def serve() -> None:
     Without mongo_url it uses the embedded database of data_dir if one runs
     (e.g. 'jobdeck db' in another terminal), else starts one for itself.
     """
+    _serve()
+
+
+def _serve() -> None:
     config = load_config()
     setup_logging(config)
     with database_url(config) as url:

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from core import users
+from core.blocking import run_blocking
 from core.db import Database
 from core.errors import BadArgument
 from jobdeck.cli import actor, cli, config_option, load_config, run_with_database
@@ -84,10 +85,12 @@ def add(name: str, password: str | None, password_stdin: bool, admin: bool,
 @config_option
 def passwd(name: str, password: str | None, password_stdin: bool) -> None:
     """Set a new password for user NAME; its login tokens stop working."""
-    config = load_config()
-    run_with_database(config, lambda db: users.get(db, name))
-    secret = _password(password, password_stdin)
-    run_with_database(config, lambda db: users.set_password(db, name, secret, actor=actor()))
+    async def work(db: Database) -> None:
+        await users.get(db, name)  # an unknown name fails before the prompt
+        secret = await run_blocking(_password, password, password_stdin)
+        await users.set_password(db, name, secret, actor=actor())
+
+    run_with_database(load_config(), work)
     click.echo(f"password of {name!r} changed")
 
 
