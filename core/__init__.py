@@ -1,7 +1,8 @@
-"""jobdeck's engine: configuration, database, users and permissions, and (later) jobs.
+"""jobdeck's engine: configuration, database, users and permissions, jobs, queue, workers.
 
 Core imports neither the HTTP layer (``handlers``) nor the command line
 (``jobdeck``); both call the functions here.
 """
-__all__ = ["audit", "auth", "blocking", "config", "db", "embedded", "encoding", "errors",
-           "permissions", "users"]
+__all__ = ["audit", "auth", "blocking", "config", "db", "embedded", "encoding", "errors", "follow",
+           "job", "listing", "logs", "permissions", "process", "queue", "registry", "runner",
+           "states", "stats", "users", "worker"]

@@ -39,6 +39,9 @@ class Config:
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 5.0
     log_retention_days: float = 30.0
+    worker_slots: int = 2
+    kill_grace_seconds: float = 10.0
+    shutdown_grace_seconds: float = 30.0
     tls_cert: str | None = None
     tls_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)
@@ -185,8 +188,10 @@ def _check_range(key: str, value: Any, where: str) -> None:
     if key == "port" and not 0 <= value <= 65535:
         raise ConfigError(f"{where}: a port is between 0 and 65535, got {value}")
     if key in ("lease_seconds", "heartbeat_seconds", "log_retention_days",
-               "token_hours", "max_body_size") and value <= 0:
+               "token_hours", "max_body_size", "worker_slots") and value <= 0:
         raise ConfigError(f"{where}: must be greater than 0, got {value}")
+    if key in ("kill_grace_seconds", "shutdown_grace_seconds") and value < 0:
+        raise ConfigError(f"{where}: must not be negative, got {value}")
     if key == "log_level" and value.upper() not in LOG_LEVELS:
         raise ConfigError(f"{where}: one of {', '.join(LOG_LEVELS)}, got {value!r}")
     if key in ("database", "host", "data_dir") and not value.strip():

@@ -29,6 +29,9 @@ _INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("qual_name", ASCENDING)], name="qual_name"),
         IndexModel([("locked.worker", ASCENDING)], name="locked_worker"),
         IndexModel([("locked.heartbeat", ASCENDING)], name="lease"),
+        IndexModel([("query_at", ASCENDING)], name="query_at"),
+        IndexModel([("unique_key", ASCENDING)], name="unique_key", unique=True,
+                   partialFilterExpression={"unique_key": {"$exists": True}}),
     ],
     "journal": [
         IndexModel([("finished_at", DESCENDING)], name="finished_at"),
@@ -63,6 +66,11 @@ class Database:
         self.client = client
         self.name = name
         self.db = client[name]
+        #: Whether the server runs multi-document transactions (a replica set
+        #: does); learnt by ``setup``.
+        self.transactions = False
+        #: Whether the server has change streams (same condition).
+        self.change_streams = False
         for collection in COLLECTIONS:
             setattr(self, collection, self.db[collection])
 
@@ -83,12 +91,16 @@ class Database:
         """Close the client and its connections."""
         await self.client.close()
 
-    async def ensure_indexes(self, *, log_retention_days: float) -> None:
-        """Create every index idempotently, and the ``log`` TTL index at its configured age.
+    async def setup(self, *, log_retention_days: float) -> None:
+        """Learn what the server supports; create every index idempotently, and
+        the ``log`` TTL index at its configured age.
 
         Raises ``DatabaseUnavailable`` when MongoDB cannot be reached.
         """
         try:
+            hello = await self.client.admin.command("hello")
+            replica_set = "setName" in hello or hello.get("msg") == "isdbgrid"
+            self.transactions = self.change_streams = replica_set
             for collection, models in _INDEXES.items():
                 await self.db[collection].create_indexes(models)
             await self._ensure_log_ttl(int(log_retention_days * 86400))

@@ -26,9 +26,17 @@ __all__ = [
 
 
 class JobdeckError(Exception):
-    """Base of every error jobdeck raises on purpose."""
+    """Base of every error jobdeck raises on purpose.
+
+    ``details`` carries machine-readable facts about the error (e.g. the id
+    of the job a duplicate enqueue ran into).
+    """
 
     status: int = 500
+
+    def __init__(self, message: str = "", **details: object) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class BadArgument(JobdeckError):
@@ -73,7 +81,7 @@ class TooManyRequests(JobdeckError):
     status = 429
 
     def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
+        super().__init__(message, retry_after=retry_after)
         self.retry_after = retry_after
 
 

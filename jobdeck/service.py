@@ -34,7 +34,7 @@ async def _wait_for_signal() -> int:
 async def _run_server(config: Config, url: str) -> None:
     db = Database.connect(url, config.database)
     try:
-        await db.ensure_indexes(log_retention_days=config.log_retention_days)
+        await db.setup(log_retention_days=config.log_retention_days)
         generated = await users.bootstrap_admin(db, config.admin_password)
         if generated:
             click.secho(f"Created user 'admin' with password: {generated}\n"

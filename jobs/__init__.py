@@ -1,5 +1,15 @@
-"""Job classes: the base class users subclass, and the built-in jobs.
+"""Job classes: the base class users subclass, and the built-in jobs in ``jobs.example``.
 
-The ``Job`` base class and ``jobs.example`` arrive with the job engine.
+Write a job by subclassing ``Job``::
+
+    from jobs import Job
+
+    class Hello(Job):
+        \"\"\"Says hello.\"\"\"
+        def execute(self, name: str = "world") -> str:
+            self.logger.info("hello %s", name)
+            return f"hello {name}"
 """
-__all__: list[str] = []
+from core.job import Deferred, Job
+
+__all__ = ["Job", "Deferred"]

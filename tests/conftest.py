@@ -39,7 +39,7 @@ def config(mongo_url: str, database_name: str, tmp_path) -> Config:
 @pytest.fixture
 async def db(config: Config) -> AsyncIterator[Database]:
     database = Database.connect(config.mongo_url, config.database)
-    await database.ensure_indexes(log_retention_days=config.log_retention_days)
+    await database.setup(log_retention_days=config.log_retention_days)
     yield database
     await database.client.drop_database(config.database)
     await database.close()

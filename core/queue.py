@@ -1,0 +1,265 @@
+"""Queue operations shared by the command line and the HTTP API: enqueue, get, kill, remove, restart.
+
+Every function takes the acting ``user`` (a user document; the command line
+acts as an admin operator) and checks its permission here, so no caller can
+forget to.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from bson import ObjectId
+from pymongo.errors import DuplicateKeyError
+
+from core import audit, registry
+from core.errors import BadArgument, Conflict, NotFound
+from core.job import OPTIONS
+from core.permissions import EXECUTE, READ, require
+from core.states import FINAL, State, transition
+
+if TYPE_CHECKING:
+    from core.db import Database
+
+__all__ = ["enqueue", "get", "find", "kill", "remove", "restart", "object_id", "operator", "check_options"]
+
+_RETRIES = 20  # compare-and-set attempts before giving up on a busy job
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def operator(name: str) -> dict[str, Any]:
+    """The principal an operator command acts as: an active admin named ``name``."""
+    return {"name": name, "roles": ["admin"], "perms": [], "active": True}
+
+
+def object_id(value: Any) -> ObjectId:
+    """``value`` as a job id; raises ``BadArgument`` unless it is 24 hex characters."""
+    if isinstance(value, ObjectId):
+        return value
+    if not isinstance(value, str) or len(value) != 24 or not ObjectId.is_valid(value):
+        raise BadArgument(f"bad job id {str(value)[:40]!r}: expected 24 hexadecimal characters")
+    return ObjectId(value)
+
+
+_LIMITS: dict[str, tuple[type, float, float, bool]] = {
+    # option: (type, minimum, maximum, may be None)
+    "attempts": (int, 1, 1000, False),
+    "priority": (int, -1_000_000, 1_000_000, False),
+    "error_time": (float, 0, 365 * 86400, False),
+    "defer_time": (float, 0, 365 * 86400, False),
+    "defer_max": (float, 0, 10 * 365 * 86400, False),
+    "wall_time": (float, 0.001, 365 * 86400, True),
+}
+
+
+def check_options(defaults: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """Enqueue options: the class's defaults overridden by ``options``, checked.
+
+    Raises ``BadArgument`` for an unknown option or a value of the wrong type or range.
+    """
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise BadArgument(f"unknown enqueue option {unknown[0]!r}; options: {', '.join(OPTIONS)}")
+    merged = {**{k: defaults.get(k) for k in OPTIONS}, **options}
+    for name, (kind, low, high, nullable) in _LIMITS.items():
+        value = merged[name]
+        if value is None and nullable:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                kind is int and isinstance(value, float) and not value.is_integer()):
+            raise BadArgument(f"option {name!r} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+        if not low <= value <= high:
+            raise BadArgument(f"option {name!r} must be between {low:g} and {high:g}, got {value!r}")
+        merged[name] = kind(value)
+    return merged
+
+
+def _unique_key(qual_name: str, args: dict[str, Any]) -> str:
+    canonical = json.dumps([qual_name, args], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def enqueue(db: Database, qual_name: Any, args: Any = None, *, user: dict[str, Any],
+                  hostname: str | None = None, parent_id: ObjectId | None = None,
+                  **options: Any) -> dict[str, Any]:
+    """Add a pending job; return its document.
+
+    Raises ``NotFound`` for an unknown or vanished qual_name, ``Forbidden``
+    without execute permission, ``BadArgument`` for bad arguments or options,
+    and ``Conflict`` (with ``details["job_id"]``) when the class is ``unique``
+    and a live job with the same arguments exists.
+    """
+    entry = await registry.get_valid(db, qual_name)
+    require(user, qual_name, EXECUTE)
+    args = registry.check_args(entry, args)
+    settings = check_options(entry.get("defaults", {}), options)
+    now = _now()
+    job: dict[str, Any] = {
+        "_id": ObjectId(), "qual_name": qual_name, "args": args, "state": State.PENDING.value,
+        **settings, "attempts_left": settings["attempts"], "trial": 0, "query_at": now,
+        "enqueued": {"at": now, "username": user["name"], "hostname": hostname or socket.gethostname(),
+                     "parent_id": parent_id, "child_id": None},
+        "started_at": None, "finished_at": None, "runtime": None,
+        "prog": {"value": 0.0, "message": None}, "locked": None, "last_error": None,
+        "result": None, "killed_at": None, "removed_at": None,
+        "tags": list(entry.get("tags", [])), "version": 1,
+    }
+    if entry.get("unique"):
+        job["unique_key"] = _unique_key(qual_name, args)
+    try:
+        await db.queue.insert_one(job)
+    except DuplicateKeyError:
+        existing = await db.queue.find_one({"unique_key": job.get("unique_key")}, {"_id": 1})
+        existing_id = existing["_id"] if existing else None
+        raise Conflict(f"{qual_name} is unique and a live job with the same arguments exists: "
+                       f"{existing_id}", job_id=str(existing_id)) from None
+    await audit.record(db, "job.enqueue", actor=user["name"], target=str(job["_id"]), qual_name=qual_name)
+    return job
+
+
+async def find(db: Database, job_id: ObjectId) -> tuple[dict[str, Any] | None, bool]:
+    """``(job, journaled)``: the job from the queue if live there, else from the journal."""
+    job = await db.queue.find_one({"_id": job_id})
+    if job is not None and job["state"] not in FINAL:
+        return job, False
+    journaled = await db.journal.find_one({"_id": job_id})
+    if journaled is not None:
+        return journaled, True
+    return job, job is not None  # finished, its move to the journal under way
+
+
+async def get(db: Database, job_id: Any, *, user: dict[str, Any]) -> dict[str, Any]:
+    """One job, from queue or journal, with ``journal: true/false``.
+
+    Raises ``BadArgument`` for a malformed id, ``NotFound``, or ``Forbidden``
+    when the user may not read it.
+    """
+    job_id = object_id(job_id)
+    job, journaled = await find(db, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    require(user, job["qual_name"], READ)
+    job.pop("unique_key", None)
+    return {**job, "journal": journaled}
+
+
+async def _live(db: Database, job_id: ObjectId, user: dict[str, Any], action: str) -> dict[str, Any]:
+    """The live job, checked for execute permission; ``Conflict`` if it has finished."""
+    job, journaled = await find(db, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    require(user, job["qual_name"], EXECUTE)
+    if journaled or job["state"] in FINAL:
+        removed = " (removed)" if job.get("removed_at") else ""
+        raise Conflict(f"cannot {action} job {job_id}: it has finished as {job['state']}{removed}",
+                       state=job["state"])
+    return job
+
+
+async def _stop(db: Database, job_id: Any, user: dict[str, Any], *, remove: bool) -> dict[str, Any]:
+    """Kill (or remove) a live job; a running one is marked and its worker ends it."""
+    job_id = object_id(job_id)
+    action = "remove" if remove else "kill"
+    for _ in range(_RETRIES):
+        job = await _live(db, job_id, user, action)
+        now = _now()
+        marks = {"killed_at": job.get("killed_at") or now}
+        if remove:
+            marks["removed_at"] = job.get("removed_at") or now
+        try:
+            if job["state"] == State.RUNNING.value:
+                # The worker sees the mark, stops the process and ends the job
+                # killed; if the worker is dead, the reaper does.
+                changed = await db.queue.update_one(
+                    {"_id": job_id, "state": State.RUNNING.value, "version": job["version"]},
+                    {"$set": marks, "$inc": {"version": 1}})
+                if not changed.modified_count:
+                    continue
+                job = {**job, **marks, "version": job["version"] + 1}
+            else:
+                job = await transition(db, job, State.KILLED, **marks, finished_at=now, locked=None)
+        except Conflict:
+            continue
+        await audit.record(db, f"job.{action}", actor=user["name"], target=str(job_id),
+                           qual_name=job["qual_name"], state=job["state"])
+        return job
+    raise Conflict(f"job {job_id} keeps changing; try again")
+
+
+async def kill(db: Database, job_id: Any, *, user: dict[str, Any]) -> dict[str, Any]:
+    """Kill a live job: a waiting one ends ``killed`` at once, a running one as soon as its worker stops it.
+
+    Raises ``NotFound``, ``Forbidden``, or ``Conflict`` naming the final state
+    of a job that has already finished.
+    """
+    return await _stop(db, job_id, user, remove=False)
+
+
+async def remove(db: Database, job_id: Any, *, user: dict[str, Any]) -> dict[str, Any]:
+    """Remove a live job: it ends ``killed`` with ``removed_at`` set, in the journal.
+
+    Raises like ``kill``.
+    """
+    return await _stop(db, job_id, user, remove=True)
+
+
+async def restart(db: Database, job_id: Any, *, user: dict[str, Any]) -> dict[str, Any]:
+    """Restart a job; return the job that will run.
+
+    A ``failed`` or ``deferred`` job is retried now under the same id. A
+    ``killed``, ``error`` or ``inactive`` job is enqueued again as a new job
+    with ``enqueued.parent_id`` pointing back; the old one gets
+    ``enqueued.child_id``. Raises ``Conflict`` for pending, running and
+    complete jobs, and for a job that was already restarted.
+    """
+    job_id = object_id(job_id)
+    for _ in range(_RETRIES):
+        job, journaled = await find(db, job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        require(user, job["qual_name"], EXECUTE)
+        state = State(job["state"])
+        if state in (State.FAILED, State.DEFERRED):
+            try:
+                job = await transition(db, job, State.PENDING, query_at=_now())
+            except Conflict:
+                continue
+            await audit.record(db, "job.restart", actor=user["name"], target=str(job_id), new_id=str(job_id))
+            return job
+        if state in (State.PENDING, State.RUNNING, State.COMPLETE) or not journaled:
+            raise Conflict(f"cannot restart job {job_id}: it is {state}; only failed, deferred, "
+                           "killed, error and inactive jobs can be restarted", state=state.value)
+        return await _rerun(db, job, user)
+    raise Conflict(f"job {job_id} keeps changing; try again")
+
+
+async def _rerun(db: Database, old: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+    """Enqueue a finished job again as its child."""
+    child_id = (old.get("enqueued") or {}).get("child_id")
+    if child_id:
+        raise Conflict(f"job {old['_id']} was already restarted as {child_id}", job_id=str(child_id))
+    new_id = ObjectId()
+    # Claim the link first, so that two restarts cannot both make a child.
+    claimed = await db.journal.update_one(
+        {"_id": old["_id"], "enqueued.child_id": None},
+        {"$set": {"enqueued.child_id": new_id}, "$inc": {"version": 1}})
+    if not claimed.modified_count:
+        raise Conflict(f"job {old['_id']} is being restarted by someone else")
+    try:
+        job = await enqueue(db, old["qual_name"], old.get("args"), user=user, parent_id=old["_id"],
+                            **{option: old.get(option) for option in OPTIONS})
+    except Exception:
+        await db.journal.update_one({"_id": old["_id"], "enqueued.child_id": new_id},
+                                    {"$set": {"enqueued.child_id": None}, "$inc": {"version": 1}})
+        raise
+    # enqueue chose its own id; point the link at it.
+    await db.journal.update_one({"_id": old["_id"], "enqueued.child_id": new_id},
+                                {"$set": {"enqueued.child_id": job["_id"]}, "$inc": {"version": 1}})
+    await audit.record(db, "job.restart", actor=user["name"], target=str(old["_id"]), new_id=str(job["_id"]))
+    return job

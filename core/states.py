@@ -1,0 +1,124 @@
+"""Job states and the one function that changes them.
+
+::
+
+    pending ──claim──▶ running ──▶ complete
+       ▲                 │ ├────▶ failed ──(error_time)──▶ claimed again
+       │                 │ ├────▶ error      (no attempts left)
+       │                 │ ├────▶ deferred ──(defer_time)──▶ claimed again
+       │                 │ ├────▶ inactive   (deferred past defer_max)
+       └──(shutdown)─────┘ └────▶ killed     (request, wall_time, removal)
+
+    failed/deferred ──restart──▶ pending;   any live state ──kill──▶ killed
+
+``transition`` is the only writer of ``state``: one conditional update on
+``{_id, state, version}`` that bumps ``version``, so of two actors racing for
+the same job exactly one wins; the loser gets ``Conflict``. A transition to a
+final state also moves the job from ``queue`` to ``journal``: in a transaction
+when the server has them, otherwise in an order that ``complete_moves`` can
+finish after a crash (a job is never in neither collection, and a copy left in
+``queue`` has a final state, so no reader takes it for live).
+"""
+from __future__ import annotations
+
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from pymongo import ReplaceOne
+
+from core.errors import Conflict
+
+if TYPE_CHECKING:
+    from core.db import Database
+
+__all__ = ["State", "FINAL", "LIVE", "WAITING", "TRANSITIONS", "transition", "complete_moves", "is_final"]
+
+
+class State(str, Enum):
+    """The state of a job."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    COMPLETE = "complete"
+    ERROR = "error"
+    INACTIVE = "inactive"
+    KILLED = "killed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FINAL = frozenset({State.COMPLETE, State.ERROR, State.INACTIVE, State.KILLED})
+LIVE = frozenset(State) - FINAL
+#: States a worker may claim from (when ``query_at`` has come).
+WAITING = frozenset({State.PENDING, State.DEFERRED, State.FAILED})
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.PENDING: frozenset({State.RUNNING, State.KILLED}),
+    State.DEFERRED: frozenset({State.RUNNING, State.PENDING, State.KILLED}),
+    State.FAILED: frozenset({State.RUNNING, State.PENDING, State.KILLED}),
+    State.RUNNING: frozenset({State.COMPLETE, State.FAILED, State.ERROR, State.DEFERRED,
+                              State.INACTIVE, State.KILLED, State.PENDING}),
+    State.COMPLETE: frozenset(),
+    State.ERROR: frozenset(),
+    State.INACTIVE: frozenset(),
+    State.KILLED: frozenset(),
+}
+
+
+def is_final(state: str) -> bool:
+    """Whether ``state`` is one a job never leaves."""
+    return state in FINAL
+
+
+async def transition(db: Database, job: dict[str, Any], to: State, **fields: Any) -> dict[str, Any]:
+    """Move ``job`` (as last read) to state ``to``, setting ``fields``; return the new document.
+
+    Raises ``Conflict`` if the table forbids the move, or if the job changed
+    since it was read (another actor won).
+    """
+    source = State(job["state"])
+    if to not in TRANSITIONS[source]:
+        raise Conflict(f"job {job['_id']} is {source}; it cannot become {to}")
+    condition = {"_id": job["_id"], "state": source.value, "version": job["version"]}
+    update = {"$set": {"state": to.value, **fields}, "$inc": {"version": 1}}
+    after = {**job, **fields, "state": to.value, "version": job["version"] + 1}
+    if to not in FINAL:
+        if not (await db.queue.update_one(condition, update)).modified_count:
+            raise _lost(job)
+        return after
+    if db.transactions:
+        async def move(session: Any) -> None:
+            if not (await db.queue.update_one(condition, update, session=session)).modified_count:
+                raise _lost(job)
+            await db.journal.replace_one({"_id": job["_id"]}, after, upsert=True, session=session)
+            await db.queue.delete_one({"_id": job["_id"]}, session=session)
+        async with db.client.start_session() as session:
+            await session.with_transaction(move)
+    else:
+        if not (await db.queue.update_one(condition, update)).modified_count:
+            raise _lost(job)
+        await _move(db, [after])
+    return after
+
+
+def _lost(job: dict[str, Any]) -> Conflict:
+    return Conflict(f"job {job['_id']} changed meanwhile (it was {job['state']}, "
+                    f"version {job['version']}); read it again")
+
+
+async def _move(db: Database, jobs: list[dict[str, Any]]) -> None:
+    """Copy finished jobs to the journal, then delete them from the queue (repeatable)."""
+    await db.journal.bulk_write([ReplaceOne({"_id": j["_id"]}, j, upsert=True) for j in jobs])
+    for job in jobs:
+        await db.queue.delete_one({"_id": job["_id"], "version": job["version"]})
+
+
+async def complete_moves(db: Database) -> int:
+    """Finish journal moves a crash interrupted; return how many jobs were moved."""
+    stranded = await db.queue.find({"state": {"$in": [s.value for s in FINAL]}}).to_list()
+    if stranded:
+        await _move(db, stranded)
+    return len(stranded)
