@@ -150,6 +150,11 @@ class Worker:
             self._tasks.append(asyncio.create_task(self._watch(), name="worker-watch"))
         log.info("worker %s started with %d slots for %d job classes", self.id, self.slots, len(self.classes))
 
+    def hurry(self) -> None:
+        """Stop running jobs now instead of waiting for the grace period (they go back to pending)."""
+        for run in list(self.runs.values()):
+            run.request_stop("shutdown")
+
     async def stop(self) -> None:
         """Stop claiming; let running jobs finish within ``shutdown_grace`` s; requeue the rest."""
         self._stopping = True
@@ -159,8 +164,7 @@ class Worker:
         if pending:
             log.info("waiting up to %g s for %d running jobs", self.shutdown_grace, len(pending))
             done, still = await asyncio.wait(pending, timeout=self.shutdown_grace)
-            for run in list(self.runs.values()):
-                run.request_stop("shutdown")
+            self.hurry()
             if still:
                 await asyncio.wait(still)
         for task in self._tasks:

@@ -106,5 +106,5 @@ def cli() -> None:
 
 def main() -> None:
     """Entry point of the ``jobdeck`` console script."""
-    from jobdeck import service, users  # noqa: F401  (registers the commands)
+    from jobdeck import jobs, service, users  # noqa: F401  (registers the commands)
     cli(prog_name="jobdeck")

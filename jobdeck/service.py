@@ -1,84 +1,125 @@
-"""Commands that run jobdeck: ``up``, ``serve`` and ``db``."""
+"""Commands that run jobdeck: ``up``, ``serve``, ``worker`` and ``db``."""
 from __future__ import annotations
 
 import asyncio
 import signal
 import threading
+from typing import Any, Callable
 
 import click
 
-from core import users
+from core import registry, users
 from core.config import Config
 from core.db import Database
 from core.embedded import EmbeddedServer, database_url, find_running
 from core.errors import ConfigError
+from core.worker import Worker
 from handlers.app import Server
 from jobdeck.cli import cli, config_option, load_config, setup_logging
 
-__all__ = ["up", "serve", "db"]
+__all__ = ["up", "serve", "worker", "db"]
 
 
-async def _wait_for_signal() -> int:
-    """Wait for SIGINT or SIGTERM; return the signal's number."""
-    loop = asyncio.get_running_loop()
-    received: asyncio.Future[int] = loop.create_future()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda s=sig: received.done() or received.set_result(s))
-    try:
-        return await received
-    finally:
+class _Signals:
+    """SIGINT/SIGTERM on the running loop: the first asks to stop, the second to hurry."""
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.hurry = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+            self.loop.add_signal_handler(sig, self._received, sig)
+
+    def _received(self, sig: signal.Signals) -> None:
+        if self.stop.is_set():
+            click.echo(f"received {sig.name} again: stopping running jobs now", err=True)
+            self.hurry.set()
+        else:
+            click.echo(f"received {sig.name}: stopping (again to stop running jobs now)", err=True)
+            self.stop.set()
 
 
-async def _run_server(config: Config, url: str) -> None:
+async def _run(config: Config, url: str, *, http: bool, slots: int | None) -> None:
+    """Serve HTTP and/or run a worker until a signal; then stop in order."""
+    signals = _Signals()
     db = Database.connect(url, config.database)
     try:
         await db.setup(log_retention_days=config.log_retention_days)
-        generated = await users.bootstrap_admin(db, config.admin_password)
-        if generated:
-            click.secho(f"Created user 'admin' with password: {generated}\n"
-                        "It is shown only this once. Change it with: jobdeck user passwd admin",
-                        fg="yellow", err=True)
-        server = Server(config, db)
-        await server.start()
-        click.echo(f"jobdeck serving {server.url} (database {config.database} at {url})", err=True)
-        sig = await _wait_for_signal()
-        click.echo(f"received {signal.Signals(sig).name}, stopping", err=True)
-        await server.stop()
+        classes = registry.discover(config.job_packages)
+        await registry.sync(db, classes)
+        server = worker = None
+        if http:
+            generated = await users.bootstrap_admin(db, config.admin_password)
+            if generated:
+                click.secho(f"Created user 'admin' with password: {generated}\n"
+                            "It is shown only this once. Change it with: jobdeck user passwd admin",
+                            fg="yellow", err=True)
+            server = Server(config, db)
+            await server.start()
+            click.echo(f"jobdeck serving {server.url} (database {config.database} at {url})", err=True)
+        if slots:
+            worker = Worker(db, config, classes=classes, slots=slots,
+                            kill_grace=config.kill_grace_seconds, shutdown_grace=config.shutdown_grace_seconds)
+            await worker.start()
+            click.echo(f"worker {worker.id} running {slots} slots for {len(classes)} job classes", err=True)
+        await signals.stop.wait()
+        if worker is not None:
+            stopping = asyncio.create_task(worker.stop())
+            hurry = asyncio.create_task(signals.hurry.wait())
+            await asyncio.wait({stopping, hurry}, return_when=asyncio.FIRST_COMPLETED)
+            if not stopping.done():
+                worker.hurry()
+            await stopping
+            hurry.cancel()
+        if server is not None:
+            await server.stop()
     finally:
         await db.close()
+
+
+def _main(http: bool, slots: Callable[[Config], int | None]) -> None:
+    config = load_config()
+    setup_logging(config)
+    with database_url(config) as url:
+        asyncio.run(_run(config, url, http=http, slots=slots(config)))
 
 
 @cli.command()
 @config_option
 def up() -> None:
-    """Run everything: the embedded database (unless mongo_url is set) and the server.
+    """Run everything: the embedded database (unless mongo_url is set), the server and a worker.
 
-    Stops cleanly on Ctrl-C or SIGTERM, the embedded database last. Data is
-    kept in data_dir and survives restarts. On the very first start an
-    'admin' user is created with $JOBDECK_ADMIN_PASSWORD or a generated
-    password, printed once.
+    Stops cleanly on Ctrl-C or SIGTERM: running jobs get shutdown_grace_seconds
+    to finish (a second Ctrl-C stops them at once) and go back to the queue
+    otherwise; the embedded database stops last. Data is kept in data_dir.
+    On the very first start an 'admin' user is created with
+    $JOBDECK_ADMIN_PASSWORD or a generated password, printed once.
     """
-    _serve()
+    _main(http=True, slots=lambda config: config.worker_slots)
 
 
 @cli.command()
 @config_option
 def serve() -> None:
-    """Run the HTTP API server only (database and workers run elsewhere).
+    """Run the HTTP API server only (workers run elsewhere).
 
     Without mongo_url it uses the embedded database of data_dir if one runs
     (e.g. 'jobdeck db' in another terminal), else starts one for itself.
     """
-    _serve()
+    _main(http=True, slots=lambda config: None)
 
 
-def _serve() -> None:
-    config = load_config()
-    setup_logging(config)
-    with database_url(config) as url:
-        asyncio.run(_run_server(config, url))
+@cli.command()
+@click.option("--slots", type=click.IntRange(1, 1024), help="Jobs to run at once [default: worker_slots].")
+@config_option
+def worker(slots: int | None) -> None:
+    """Run a worker: claim jobs and run each in its own child process.
+
+    SIGTERM (or Ctrl-C) stops claiming and lets running jobs finish within
+    shutdown_grace_seconds; the rest go back to pending without using an
+    attempt. A second signal stops them at once.
+    """
+    _main(http=False, slots=lambda config: slots or config.worker_slots)
 
 
 @cli.command()

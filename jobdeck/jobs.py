@@ -1,0 +1,382 @@
+"""Job commands: enqueue, queue, journal, show, follow, log, kill, restart, remove, jobs, stats, workers.
+
+They act on MongoDB directly through the same core functions as the HTTP
+API, as an admin operator (``cli:<login>`` in the audit trail).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import datetime
+from typing import Any
+
+import click
+
+from core import journal, logs, queue, registry, stats
+from core.db import Database
+from core.errors import BadArgument, JobdeckError
+from core.follow import ChangeWaker, Event, follow
+from jobdeck.cli import actor, cli, config_option, load_config, run_with_database
+from jobdeck.follow import Printer, exit_code
+from jobdeck.output import cell, print_json, print_table
+
+__all__ = ["parse_job_args"]
+
+_JOB_COLUMNS = ["_id", "qual_name", "state", "priority", "trial", "attempts_left", "progress", "enqueued_at"]
+_JOURNAL_COLUMNS = ["_id", "qual_name", "state", "trial", "runtime", "finished_at", "removed"]
+
+
+def _user() -> dict[str, Any]:
+    return queue.operator(actor())
+
+
+def parse_job_args(items: tuple[str, ...]) -> dict[str, Any]:
+    """Job arguments from ``k=v`` pairs (values read as JSON when they parse) or one JSON object."""
+    if len(items) == 1 and items[0].lstrip().startswith("{"):
+        try:
+            value = json.loads(items[0])
+        except ValueError as exc:
+            raise BadArgument(f"job arguments are not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise BadArgument("job arguments must be a JSON object")
+        return value
+    args: dict[str, Any] = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq or not key:
+            raise BadArgument(f"bad job argument {item!r}: expected NAME=VALUE (or one JSON object)")
+        try:
+            args[key] = json.loads(text)
+        except ValueError:
+            args[key] = text  # a bare word is a string
+    return args
+
+
+def _row(job: dict[str, Any]) -> dict[str, Any]:
+    prog = job.get("prog") or {}
+    return {**job, "progress": f"{(prog.get('value') or 0) * 100:.0f}%",
+            "enqueued_at": (job.get("enqueued") or {}).get("at"),
+            "removed": bool(job.get("removed_at"))}
+
+
+async def _follow(db: Database, job_id: Any, *, as_json: bool) -> str:
+    """Follow a job to its end, printing for people (or nothing with ``as_json``); return the final state."""
+    printer = Printer()
+    final = "error"
+    async with ChangeWaker(db, queue.object_id(job_id)) as waker:
+        async for event in follow(db, job_id, user=_user(), waker=waker, states=True):
+            if event.kind == "close":
+                final = event.data["state"]
+            if not as_json:
+                printer.show(event)
+    return final
+
+
+_option_flags = [
+    click.option("--attempts", type=int, help="Starts allowed before the job ends 'error'."),
+    click.option("--priority", type=int, help="Higher runs first."),
+    click.option("--wall-time", type=float, help="Seconds a run may take before it is killed."),
+    click.option("--error-time", type=float, help="Seconds before a failed job is retried."),
+    click.option("--defer-time", type=float, help="Seconds before a deferred job runs again."),
+    click.option("--defer-max", type=float, help="Seconds after the first start when deferring ends 'inactive'."),
+]
+
+
+def _with(options: list[Any]):
+    def decorate(command: Any) -> Any:
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return decorate
+
+
+@cli.command()
+@click.argument("qual_name")
+@click.argument("args", nargs=-1)
+@_with(_option_flags)
+@click.option("--follow", "-f", "follow_", is_flag=True,
+              help="Show progress and log lines until the job ends; the exit code says how it ended.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON (at its end with --follow).")
+@config_option
+def enqueue(qual_name: str, args: tuple[str, ...], follow_: bool, as_json: bool, **options: Any) -> None:
+    """Enqueue job QUAL_NAME with ARGS (NAME=VALUE pairs, or one JSON object).
+
+    \b
+    Examples:
+      jobdeck enqueue jobs.example.DummyJob sleep=2 --follow
+      jobdeck enqueue jobs.example.DummyJob '{"sleep": 2, "message": "hi"}' --priority 5
+    """
+    job_args = parse_job_args(args)
+    given = {k: v for k, v in options.items() if v is not None}
+
+    async def work(db: Database) -> tuple[dict[str, Any], str | None]:
+        job = await queue.enqueue(db, qual_name, job_args, user=_user(), **given)
+        if not follow_:
+            return job, None
+        final = await _follow(db, job["_id"], as_json=as_json)
+        return await queue.get(db, job["_id"], user=_user()), final
+
+    job, final = run_with_database(load_config(), work)
+    if as_json:
+        print_json(job)
+    elif not follow_:
+        click.echo(str(job["_id"]))
+    if final is not None:
+        sys.exit(exit_code(final))
+
+
+_list_options = [
+    click.option("--state", help="Only these states (comma-separated)."),
+    click.option("--search", help="qual_name contains this; '*' and '?' are wildcards."),
+    click.option("--filter", "filter_", help='A MongoDB-style filter as JSON, e.g. \'{"priority": {"$gt": 0}}\'.'),
+    click.option("--sort", help="Sort fields, '-' for descending, e.g. '-priority,_id'."),
+    click.option("--page", type=int, default=0, show_default=True, help="0-based; -1 is the last page."),
+    click.option("--per-page", type=int, default=50, show_default=True),
+    click.option("--json", "as_json", is_flag=True, help="Print the page as JSON."),
+]
+
+
+def _parse_filter(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise BadArgument(f"--filter is not valid JSON: {exc}") from None
+
+
+def _print_page(page: Any, columns: list[str], as_json: bool) -> None:
+    if as_json:
+        print_json({**page.envelope_fields(), "items": page.items})
+        return
+    print_table([_row(job) for job in page.items], columns)
+    click.echo(f"page {page.page + 1 if page.page_count else 0} of {page.page_count}, "
+               f"{page.count} of {page.total_count} jobs", err=True)
+
+
+@cli.command("queue")
+@_with(_list_options)
+@config_option
+def queue_(state: str | None, search: str | None, filter_: str | None, sort: str | None,
+           page: int, per_page: int, as_json: bool) -> None:
+    """List live jobs (pending, running, deferred, failed), next to run first."""
+    found = run_with_database(load_config(), lambda db: journal.list_queue(
+        db, user=_user(), filter=_parse_filter(filter_), state=state, search=search, sort=sort,
+        page=page, per_page=per_page))
+    _print_page(found, _JOB_COLUMNS, as_json)
+
+
+@cli.command("journal")
+@_with(_list_options)
+@click.option("--qual-name", help="Only this job class.")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
+              help="Finished at or after (UTC).")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
+              help="Finished before (UTC).")
+@config_option
+def journal_(state: str | None, search: str | None, filter_: str | None, sort: str | None,
+             page: int, per_page: int, as_json: bool, qual_name: str | None,
+             since: datetime | None, until: datetime | None) -> None:
+    """List finished jobs, newest first."""
+    found = run_with_database(load_config(), lambda db: journal.list_journal(
+        db, user=_user(), filter=_parse_filter(filter_), state=state, qual_name=qual_name,
+        search=search, since=since, until=until, sort=sort, page=page, per_page=per_page))
+    _print_page(found, _JOURNAL_COLUMNS, as_json)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@config_option
+def show(job_id: str, as_json: bool) -> None:
+    """Show one job, live or finished, with its result or error."""
+    job = run_with_database(load_config(), lambda db: queue.get(db, job_id, user=_user()))
+    if as_json:
+        print_json(job)
+        return
+    enqueued = job.get("enqueued") or {}
+    lines = [
+        ("id", job["_id"]), ("qual_name", job["qual_name"]), ("state", job["state"]),
+        ("journal", job["journal"]), ("args", json.dumps(job.get("args") or {})),
+        ("priority", job["priority"]), ("trial", f"{job['trial']} (attempts left {job['attempts_left']})"),
+        ("enqueued", f"{cell(enqueued.get('at'))} by {enqueued.get('username')} on {enqueued.get('hostname')}"),
+        ("parent_id", enqueued.get("parent_id")), ("child_id", enqueued.get("child_id")),
+        ("started_at", job.get("started_at")), ("finished_at", job.get("finished_at")),
+        ("runtime", f"{job['runtime']:.3f} s" if job.get("runtime") is not None else None),
+        ("progress", f"{(job.get('prog') or {}).get('value', 0) * 100:.0f}% {(job.get('prog') or {}).get('message') or ''}"),
+        ("worker", (job.get("locked") or {}).get("worker")),
+        ("killed_at", job.get("killed_at")), ("removed_at", job.get("removed_at")),
+    ]
+    if job.get("result") is not None:
+        lines.append(("result", json.dumps(job["result"])))
+    for name, value in lines:
+        click.echo(f"{name + ':':<13}{cell(value)}")
+    error = job.get("last_error") or {}
+    if error:
+        click.echo(f"{'last_error:':<13}{error.get('exception')}: {error.get('message')}")
+        if error.get("traceback"):
+            click.echo(error["traceback"].rstrip())
+
+
+@cli.command("follow")
+@click.argument("job_id")
+@config_option
+def follow_(job_id: str) -> None:
+    """Follow a job: progress bar and log lines until it ends; the exit code says how.
+
+    Exit codes: 0 complete, 1 error, 3 killed, 4 inactive, 5 removed.
+    """
+    final = run_with_database(load_config(), lambda db: _follow(db, job_id, as_json=False))
+    sys.exit(exit_code(final))
+
+
+@cli.command("log")
+@click.argument("job_id")
+@click.option("--follow", "-f", "follow_", is_flag=True, help="Keep printing new lines until the job ends.")
+@click.option("--json", "as_json", is_flag=True, help="Print records as JSON lines.")
+@config_option
+def log_(job_id: str, follow_: bool, as_json: bool) -> None:
+    """Print a job's log."""
+    async def work(db: Database) -> None:
+        job = await queue.get(db, job_id, user=_user())
+        if follow_:
+            async with ChangeWaker(db, job["_id"]) as waker:
+                async for event in follow(db, job["_id"], user=_user(), waker=waker, states=False):
+                    if event.kind == "log":
+                        _print_record(event.data, as_json)
+            return
+        seq = 0
+        while records := await logs.read(db, job["_id"], after=seq):
+            for record in records:
+                _print_record(record, as_json)
+            seq = records[-1]["seq"]
+
+    run_with_database(load_config(), work)
+
+
+def _print_record(record: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({k: cell(v) if k == "created" else v for k, v in record.items()
+                               if k != "job_id"} | {"job_id": str(record["job_id"])}))
+        return
+    Printer(show_states=False).show(Event("log", "", record))
+
+
+def _each(ids: tuple[str, ...], action: Any) -> None:
+    """Apply ``action(db, id)`` to each id; report each; exit 1 if any failed."""
+    async def work(db: Database) -> bool:
+        ok = True
+        for job_id in ids:
+            try:
+                click.echo(await action(db, job_id))
+            except JobdeckError as exc:
+                click.echo(f"{job_id}: {exc}", err=True)
+                ok = False
+        return ok
+
+    if not run_with_database(load_config(), work):
+        sys.exit(1)
+
+
+async def _await_end(db: Database, job_id: Any, timeout: float) -> dict[str, Any]:
+    """The job once it has ended (or as it is after ``timeout`` seconds)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with ChangeWaker(db, queue.object_id(job_id)) as waker:
+        while True:
+            job = await queue.get(db, job_id, user=_user())
+            if job["journal"] or asyncio.get_running_loop().time() > deadline:
+                return job
+            await waker.wait(0.5)
+
+
+def _stopper(stop: Any, verb: str, wait: bool):
+    async def action(db: Database, job_id: str) -> str:
+        job = await stop(db, job_id, user=_user())
+        if wait and job["state"] != "killed":
+            job = await _await_end(db, job["_id"], timeout=load_config().kill_grace_seconds + 30)
+        return f"{job['_id']}: {verb}" if job["state"] == "killed" else f"{job['_id']}: {verb} requested ({job['state']})"
+    return action
+
+
+@cli.command()
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--no-wait", is_flag=True, help="Return once the kill is requested.")
+@config_option
+def kill(job_ids: tuple[str, ...], no_wait: bool) -> None:
+    """Kill live jobs; waits until running ones have stopped."""
+    _each(job_ids, _stopper(queue.kill, "killed", not no_wait))
+
+
+@cli.command()
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--no-wait", is_flag=True, help="Return once the removal is requested.")
+@config_option
+def remove(job_ids: tuple[str, ...], no_wait: bool) -> None:
+    """Remove live jobs (they are journaled as killed and flagged removed)."""
+    _each(job_ids, _stopper(queue.remove, "removed", not no_wait))
+
+
+@cli.command()
+@click.argument("job_ids", nargs=-1, required=True)
+@config_option
+def restart(job_ids: tuple[str, ...]) -> None:
+    """Restart jobs: failed/deferred ones now (same id); killed/error/inactive ones as a new job.
+
+    Prints OLD_ID -> ID_THAT_WILL_RUN for each.
+    """
+    async def action(db: Database, job_id: str) -> str:
+        job = await queue.restart(db, job_id, user=_user())
+        return f"{job_id} -> {job['_id']}"
+
+    _each(job_ids, action)
+
+
+@cli.command("jobs")
+@click.option("--all", "show_all", is_flag=True, help="Also list jobs whose class vanished.")
+@click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
+@config_option
+def jobs_(show_all: bool, as_json: bool) -> None:
+    """List the jobs that can be enqueued, with their arguments."""
+    entries = run_with_database(load_config(), lambda db: registry.list_entries(db, valid_only=not show_all))
+    if as_json:
+        print_json(entries)
+        return
+    rows = [{"qual_name": e["_id"], "valid": e["valid"], "arguments": ", ".join(
+        f"{p['name']}: {p['type']}" + ("" if p["required"] else f" = {json.dumps(p.get('default'))}")
+        for p in e["schema"]["params"]), "doc": (e.get("doc") or "").split("\n")[0]} for e in entries]
+    print_table(rows, ["qual_name", "arguments", "doc"] + (["valid"] if show_all else []))
+
+
+@cli.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+@config_option
+def stats_(as_json: bool) -> None:
+    """Counts per state, oldest pending job, running per worker, throughput."""
+    config = load_config()
+    found = run_with_database(config, lambda db: stats.stats(db, user=_user(), lease_seconds=config.lease_seconds))
+    if as_json:
+        print_json(found)
+        return
+    click.echo("queue:    " + "  ".join(f"{k} {v}" for k, v in found["queue"].items()))
+    click.echo("journal:  " + "  ".join(f"{k} {v}" for k, v in found["journal"].items()))
+    oldest = found["oldest_pending_seconds"]
+    click.echo(f"oldest pending: {f'{oldest:.1f} s' if oldest is not None else '-'}")
+    click.echo(f"workers alive: {found['workers_alive']}")
+    for worker, count in found["running_per_worker"].items():
+        click.echo(f"  {worker}: {count} running")
+    rate = found["finished_per_minute"]
+    click.echo(f"finished: {rate['last_minute']} in the last minute, {rate['last_hour']}/min over the last hour")
+
+
+@cli.command("workers")
+@click.option("--json", "as_json", is_flag=True, help="Print the workers as JSON.")
+@config_option
+def workers_(as_json: bool) -> None:
+    """List workers with their heartbeat and running jobs."""
+    config = load_config()
+    found = run_with_database(config, lambda db: stats.workers(db, lease_seconds=config.lease_seconds))
+    if as_json:
+        print_json(found)
+        return
+    print_table(found, ["_id", "alive", "slots", "running", "heartbeat", "started"])
