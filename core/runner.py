@@ -104,12 +104,16 @@ class _LogHandler(logging.Handler):
 
 
 def _die_with_worker() -> None:
-    """Wait for stdin to close (the worker died or gave up on us); kill our process group."""
-    try:
-        while sys.stdin.buffer.read(65536):
-            pass
-    finally:
+    """Wait for stdin to close (the worker died or gave up on us); kill our process group.
+
+    Only when this process leads its group (the worker starts it so): run any
+    other way, it must not take its caller's group down with it.
+    """
+    while sys.stdin.buffer.read(65536):
+        pass
+    if os.getpgrp() == os.getpid():
         os.killpg(os.getpgrp(), signal.SIGKILL)
+    os._exit(1)
 
 
 def _load(qual_name: str) -> type[Job]:

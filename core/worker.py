@@ -67,6 +67,7 @@ class _Run:
         self.stop = asyncio.Event()      # set: end the process now
         self.reason: str | None = None   # "kill", "lost", "shutdown"
         self.task: asyncio.Task[None] | None = None
+        self.ended = False               # the process is gone; only the end is left to write
 
     def request_stop(self, reason: str) -> None:
         if self.reason is None:
@@ -227,6 +228,7 @@ class Worker:
         job = run.job
         try:
             outcome = await self._execute(run)
+            run.ended = True
             await self._finish(run, outcome)
         except Exception:  # noqa: BLE001 - one job's trouble must not stop the worker
             log.exception("worker trouble with job %s", job["_id"])
@@ -339,7 +341,7 @@ class Worker:
         """Renew leases and the worker's heartbeat; notice kills and lost leases; reap dead workers' jobs."""
         now = _now()
         for run in list(self.runs.values()):
-            if run.process is None or run.stop.is_set():
+            if run.process is None or run.stop.is_set() or run.ended:
                 continue
             if not await self._touch(run, {"locked.heartbeat": now}, unless_killed=True):
                 await self._check(run)

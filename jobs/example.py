@@ -8,7 +8,7 @@ import time
 
 from jobs import Job
 
-__all__ = ["DummyJob", "FailJob", "DeferJob", "ChattyJob", "StubbornJob"]
+__all__ = ["DummyJob", "FailJob", "DeferJob", "ChattyJob", "StubbornJob", "NoopJob"]
 
 
 class DummyJob(Job):
@@ -78,3 +78,12 @@ class StubbornJob(Job):
             os._exit(0)
         print(f"ignoring SIGTERM; child pid {child}", file=sys.stderr)
         time.sleep(sleep)
+
+
+class NoopJob(Job):
+    """Does nothing and returns at once (to measure the engine's own cost)."""
+
+    author = "jobdeck"
+
+    def execute(self) -> None:
+        return None
