@@ -86,10 +86,7 @@ class LogWriter:
         if stream:
             record["stream"] = stream
         self._buffer.append(record)
-        if len(self._buffer) >= self.batch:
-            self._queued.set()
-        elif not self._queued.is_set():
-            self._queued.set()
+        self._queued.set()
 
     async def close(self) -> None:
         """Write everything queued, then stop."""

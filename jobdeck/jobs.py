@@ -15,6 +15,7 @@ import click
 
 from core import journal, logs, queue, registry, stats
 from core.db import Database
+from core.encoding import dumps
 from core.errors import BadArgument, JobdeckError
 from core.follow import ChangeWaker, Event, follow
 from jobdeck.cli import actor, cli, config_option, load_config, run_with_database
@@ -257,8 +258,7 @@ def log_(job_id: str, follow_: bool, as_json: bool) -> None:
 
 def _print_record(record: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps({k: cell(v) if k == "created" else v for k, v in record.items()
-                               if k != "job_id"} | {"job_id": str(record["job_id"])}))
+        click.echo(dumps(record))  # ids as hex, times as ISO-8601 UTC, like every --json
         return
     Printer(show_states=False).show(Event("log", "", record))
 
