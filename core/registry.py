@@ -82,6 +82,25 @@ def _type_name(annotation: Any) -> tuple[str, bool]:
     return _TYPES.get(origin or annotation, "any"), False
 
 
+def _hints(function: Any) -> dict[str, Any]:
+    """The resolved type hints of ``function``; one that cannot be resolved means "any"."""
+    try:
+        return typing.get_type_hints(function)
+    except Exception:  # noqa: BLE001 - e.g. a name imported under TYPE_CHECKING only
+        pass
+    # Resolve hint by hint, so that one unresolvable hint does not make every
+    # argument "any" (with postponed annotations, all hints are strings).
+    hints: dict[str, Any] = {}
+    namespace = getattr(function, "__globals__", {})
+    for name, annotation in getattr(function, "__annotations__", {}).items():
+        probe = types.SimpleNamespace(__annotations__={name: annotation}, __globals__=namespace)
+        try:
+            hints.update(typing.get_type_hints(probe))
+        except Exception:  # noqa: BLE001
+            hints[name] = Any
+    return hints
+
+
 def schema(cls: type[Job]) -> dict[str, Any]:
     """The argument schema of ``cls.execute``: ``{"params": [...], "extra": bool}``.
 
@@ -90,10 +109,7 @@ def schema(cls: type[Job]) -> dict[str, Any]:
     ``extra`` is true when ``execute`` takes ``**kwargs``.
     """
     signature = inspect.signature(cls.execute)
-    try:
-        hints = typing.get_type_hints(cls.execute)
-    except Exception:  # noqa: BLE001 - unresolvable hints mean "any"
-        hints = {}
+    hints = _hints(cls.execute)
     params, extra = [], False
     for name, param in list(signature.parameters.items())[1:]:  # skip self
         if param.kind is param.VAR_KEYWORD:

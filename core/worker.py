@@ -180,10 +180,12 @@ class Worker:
     async def _claim_loop(self) -> None:
         while not self._stopping:
             try:
+                # Clear before claiming: a wake-up (or stop) that comes while
+                # claim() awaits the database must end the wait below at once.
+                self._wake.clear()
                 if len(self.runs) < self.slots and (job := await self.claim()):
                     self._launch(job)
                     continue
-                self._wake.clear()
                 timeout = await self._next_due_in() if len(self.runs) < self.slots else None
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
