@@ -1,31 +1,30 @@
 """Following a job: its states and log records as events, the past first, then live.
 
-``follow`` yields ``Event``s: ``state`` (the job document, whenever its
-``version`` grew), ``log`` (each record once, in ``seq`` order) and finally
-``close``. It always reads from the database by ``version`` and ``seq``, so a
-follower that falls behind simply reads more per round instead of making
-anyone buffer for it, and a follower resuming from an event id gets exactly
-what it has not seen. Between rounds it waits on a ``Waker``: a change stream
-on the job, or a timer.
+``follow`` yields ``Event``s: ``state`` (the job document, whenever it
+changed), ``log`` (each record exactly once, in ``seq`` order) and finally
+``close``; and ``None`` after ``idle`` seconds without news (time for a
+keepalive). It subscribes to the ``Hub`` before reading the database, so
+nothing falls between the past and the live part. Live events are used as
+they come when they are the next ones; whenever something is missing (a gap in
+``seq``, a subscriber that fell behind, a hub that restarted) it re-reads from
+the database by ``version`` and ``seq``. A follower resuming from an event id
+gets exactly what it has not seen, also across server restarts.
 """
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol
-
-from bson import ObjectId
-from pymongo.errors import PyMongoError
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from core import logs
-from core.queue import get
+from core.hub import RESYNC
+from core.queue import get, object_id
 from core.states import FINAL
 
 if TYPE_CHECKING:
     from core.db import Database
+    from core.hub import Hub
 
-__all__ = ["Event", "Waker", "ChangeWaker", "TimerWaker", "follow", "parse_event_id"]
+__all__ = ["Event", "follow", "parse_event_id"]
 
 
 @dataclass(frozen=True)
@@ -35,62 +34,6 @@ class Event:
     kind: str
     id: str
     data: dict[str, Any]
-
-
-class Waker(Protocol):
-    """Something that returns from ``wait`` when the job may have changed (or after ``timeout``)."""
-
-    async def wait(self, timeout: float) -> None: ...
-
-
-class TimerWaker:
-    """Polls: returns after ``interval`` seconds (or ``timeout``, if shorter)."""
-
-    def __init__(self, interval: float = 0.5) -> None:
-        self.interval = interval
-
-    async def wait(self, timeout: float) -> None:
-        await asyncio.sleep(min(timeout, self.interval))
-
-
-class ChangeWaker:
-    """Wakes on changes of one job and its log, through one change stream on the database."""
-
-    def __init__(self, db: Database, job_id: ObjectId, fallback: float = 1.0) -> None:
-        self.db = db
-        self.job_id = job_id
-        self.fallback = fallback
-        self._changed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> ChangeWaker:
-        if self.db.change_streams:
-            self._task = asyncio.create_task(self._watch())
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, PyMongoError):
-                await self._task
-
-    async def _watch(self) -> None:
-        pipeline = [{"$match": {"$or": [{"documentKey._id": self.job_id},
-                                        {"fullDocument.job_id": self.job_id}]}}]
-        while True:
-            try:
-                async with await self.db.db.watch(pipeline) as stream:
-                    async for _ in stream:
-                        self._changed.set()
-            except PyMongoError:
-                self._changed.set()
-                await asyncio.sleep(self.fallback)
-
-    async def wait(self, timeout: float) -> None:
-        limit = timeout if self._task is not None else min(timeout, self.fallback)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), limit)
-        self._changed.clear()
 
 
 def parse_event_id(value: str | None) -> tuple[int, int]:
@@ -104,35 +47,95 @@ def parse_event_id(value: str | None) -> tuple[int, int]:
         return 0, 0
 
 
-async def follow(db: Database, job_id: Any, *, user: dict[str, Any], waker: Waker,
-                 after_version: int = 0, after_seq: int = 0, states: bool = True,
-                 idle: float = 15.0, batch: int = 1000) -> AsyncIterator[Event]:
-    """Yield the job's events from (``after_version``, ``after_seq``) on, until it has ended.
+def _material(job: dict[str, Any]) -> dict[str, Any]:
+    """The job without what a lease renewal changes (not worth a ``state`` event)."""
+    locked = job.get("locked")
+    if isinstance(locked, dict):
+        locked = {k: v for k, v in locked.items() if k != "heartbeat"}
+    return {**job, "version": None, "locked": locked}
 
-    Raises ``NotFound``/``Forbidden``/``BadArgument`` (from ``queue.get``)
-    before the first event. ``idle`` bounds each wait, so a caller gets
-    control back regularly (e.g. to send a keepalive).
-    """
-    version, seq = after_version, after_seq
-    counts = {"state": 0, "log": 0}
-    while True:
-        job = await get(db, job_id, user=user)
-        if states and job["version"] > version:
-            version = job["version"]
-            counts["state"] += 1
-            yield Event("state", f"{version}.{seq}", job)
+
+class _Follower:
+    def __init__(self, db: Database, job_id: Any, user: dict[str, Any], states: bool,
+                 version: int, seq: int, batch: int) -> None:
+        self.db, self.job_id, self.user, self.states = db, job_id, user, states
+        self.version, self.seq, self.batch = version, seq, batch
+        self.counts = {"state": 0, "log": 0}
+        self.sent: dict[str, Any] | None = None
+
+    def _id(self) -> str:
+        return f"{self.version}.{self.seq}"
+
+    def state(self, job: dict[str, Any]) -> list[Event]:
+        if job["version"] <= self.version:
+            return []
+        quiet = self.sent is not None and _material(job) == _material(self.sent)
+        self.version = job["version"]
+        if not self.states or quiet:
+            return []
+        self.sent = job
+        self.counts["state"] += 1
+        return [Event("state", self._id(), job)]
+
+    def log(self, record: dict[str, Any]) -> list[Event]:
+        self.seq = record["seq"]
+        self.counts["log"] += 1
+        return [Event("log", self._id(), record)]
+
+    async def backlog(self) -> AsyncIterator[Event]:
         while True:
-            records = await logs.read(db, job["_id"], after=seq, limit=batch)
+            records = await logs.read(self.db, self.job_id, after=self.seq, limit=self.batch)
             for record in records:
-                seq = record["seq"]
-                counts["log"] += 1
-                yield Event("log", f"{version}.{seq}", record)
-            if len(records) < batch:
-                break
-        # Logs are all written before a job's final transition, so once the
-        # job was read as final, the read above got its last record.
-        if job["state"] in FINAL:
-            final = "removed" if job.get("removed_at") else job["state"]
-            yield Event("close", f"{version}.{seq}", {"state": final, "events": dict(counts)})
-            return
-        await waker.wait(idle)
+                for event in self.log(record):
+                    yield event
+            if len(records) < self.batch:
+                return
+
+    def close(self, job: dict[str, Any]) -> Event:
+        final = "removed" if job.get("removed_at") else job["state"]
+        return Event("close", self._id(), {"state": final, "events": dict(self.counts)})
+
+
+async def follow(db: Database, job_id: Any, *, user: dict[str, Any], hub: Hub,
+                 after_version: int = 0, after_seq: int = 0, states: bool = True,
+                 idle: float = 15.0, batch: int = 1000) -> AsyncIterator[Event | None]:
+    """Yield the job's events after (``after_version``, ``after_seq``) until it has ended.
+
+    Raises ``BadArgument``, ``NotFound`` or ``Forbidden`` (from ``queue.get``)
+    before the first event.
+    """
+    job_id = object_id(job_id)
+    follower = _Follower(db, job_id, user, states, after_version, after_seq, batch)
+    with hub.subscribe(job_id) as subscription:
+        job = await get(db, job_id, user=user)
+        while True:
+            # Catch up from the database: the state, then the log after seq.
+            for event in follower.state(job):
+                yield event
+            async for event in follower.backlog():
+                yield event
+            # Logs are all written before a job's final transition, so once the
+            # job was read as final, the backlog above held its last record.
+            if job["state"] in FINAL:
+                yield follower.close(job)
+                return
+            # Live: use events while they are the next ones; re-read otherwise.
+            while True:
+                news = await subscription.get(idle)
+                if news is None:
+                    yield None
+                    continue
+                kind, data = news
+                if news is RESYNC or (kind == "log" and data["seq"] > follower.seq + 1):
+                    job = await get(db, job_id, user=user)
+                    break
+                if kind == "log":
+                    if data["seq"] == follower.seq + 1:
+                        for event in follower.log(data):
+                            yield event
+                elif data["state"] in FINAL:
+                    job = await get(db, job_id, user=user)  # authoritative, with the journal flag
+                    break
+                else:
+                    for event in follower.state(data):
+                        yield event

@@ -6,10 +6,11 @@ API, as an admin operator (``cli:<login>`` in the audit trail).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from datetime import datetime
-from typing import Any
+from typing import Any, AsyncIterator
 
 import click
 
@@ -17,7 +18,8 @@ from core import journal, logs, queue, registry, stats
 from core.db import Database
 from core.encoding import dumps
 from core.errors import BadArgument, JobdeckError
-from core.follow import ChangeWaker, Event, follow
+from core.follow import Event, follow
+from core.hub import Hub
 from jobdeck.cli import actor, cli, config_option, load_config, run_with_database
 from jobdeck.follow import Printer, exit_code
 from jobdeck.output import cell, print_json, print_table
@@ -61,12 +63,25 @@ def _row(job: dict[str, Any]) -> dict[str, Any]:
             "removed": bool(job.get("removed_at"))}
 
 
+@contextlib.asynccontextmanager
+async def _hub(db: Database) -> AsyncIterator[Hub]:
+    """A change-stream hub for this command's duration."""
+    hub = Hub(db)
+    await hub.start()
+    try:
+        yield hub
+    finally:
+        await hub.stop()
+
+
 async def _follow(db: Database, job_id: Any, *, as_json: bool) -> str:
     """Follow a job to its end, printing for people (or nothing with ``as_json``); return the final state."""
     printer = Printer()
     final = "error"
-    async with ChangeWaker(db, queue.object_id(job_id)) as waker:
-        async for event in follow(db, job_id, user=_user(), waker=waker, states=True):
+    async with _hub(db) as hub:
+        async for event in follow(db, job_id, user=_user(), hub=hub):
+            if event is None:
+                continue
             if event.kind == "close":
                 final = event.data["state"]
             if not as_json:
@@ -242,9 +257,9 @@ def log_(job_id: str, follow_: bool, as_json: bool) -> None:
     async def work(db: Database) -> None:
         job = await queue.get(db, job_id, user=_user())
         if follow_:
-            async with ChangeWaker(db, job["_id"]) as waker:
-                async for event in follow(db, job["_id"], user=_user(), waker=waker, states=False):
-                    if event.kind == "log":
+            async with _hub(db) as hub:
+                async for event in follow(db, job["_id"], user=_user(), hub=hub, states=False):
+                    if event is not None and event.kind == "log":
                         _print_record(event.data, as_json)
             return
         seq = 0
@@ -282,12 +297,13 @@ def _each(ids: tuple[str, ...], action: Any) -> None:
 async def _await_end(db: Database, job_id: Any, timeout: float) -> dict[str, Any]:
     """The job once it has ended (or as it is after ``timeout`` seconds)."""
     deadline = asyncio.get_running_loop().time() + timeout
-    async with ChangeWaker(db, queue.object_id(job_id)) as waker:
-        while True:
-            job = await queue.get(db, job_id, user=_user())
-            if job["journal"] or asyncio.get_running_loop().time() > deadline:
-                return job
-            await waker.wait(0.5)
+    async with _hub(db) as hub:
+        with hub.subscribe(job_id) as subscription:
+            while True:
+                job = await queue.get(db, job_id, user=_user())
+                if job["journal"] or asyncio.get_running_loop().time() > deadline:
+                    return job
+                await subscription.get(0.5)
 
 
 def _stopper(stop: Any, verb: str, wait: bool):
