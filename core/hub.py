@@ -170,6 +170,7 @@ class Hub:
         if document is None:
             return  # an update whose document is gone already (moved to the journal)
         if change["ns"]["coll"] == "log":
+            document.pop("_id", None)  # as logs.read returns records
             self._deliver(document["job_id"], ("log", document))
         else:
             document.pop("unique_key", None)

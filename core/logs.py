@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 from bson import ObjectId
 from pymongo.errors import BulkWriteError, ConnectionFailure
 
+from core.listing import Page, paginate
+
 if TYPE_CHECKING:
     from core.db import Database
 
-__all__ = ["LogWriter", "last_seq", "read"]
+__all__ = ["LogWriter", "last_seq", "read", "page"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,12 @@ async def read(db: Database, job_id: ObjectId, *, after: int = 0, limit: int = 1
     """Records of a job with ``seq > after``, in ``seq`` order."""
     cursor = db.log.find({"job_id": job_id, "seq": {"$gt": after}}, {"_id": 0})
     return await cursor.sort("seq", 1).skip(skip).limit(limit).to_list()
+
+
+async def page(db: Database, job_id: ObjectId, *, page: int = 0, per_page: int = 100) -> Page:
+    """A page of a job's records in ``seq`` order (check permission before calling)."""
+    return await paginate(db.log, {"job_id": job_id}, sort=[("seq", 1)], page=page, per_page=per_page,
+                          projection={"_id": 0})
 
 
 class LogWriter:

@@ -20,11 +20,14 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from core.errors import BadArgument, NotFound
 from core.job import OPTIONS, Job
+from core.listing import Page, check_filter, check_sort, combine, paginate, search_filter
+from core.permissions import EXECUTE, readable_filter
 
 if TYPE_CHECKING:
     from core.db import Database
 
-__all__ = ["discover", "schema", "sync", "get_valid", "check_args", "list_entries", "ALWAYS"]
+__all__ = ["discover", "schema", "sync", "get_valid", "check_args", "list_entries", "list_page",
+           "ALWAYS", "REGISTRY_FIELDS"]
 
 log = logging.getLogger(__name__)
 
@@ -214,3 +217,16 @@ def check_args(entry: dict[str, Any], args: Any) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise BadArgument(f"args must be JSON: {exc}") from None
     return args
+
+
+REGISTRY_FIELDS = frozenset({"_id", "qual_name", "author", "tags", "schedule", "valid", "unique",
+                             "updated_at", "doc"})
+
+
+async def list_page(db: Database, *, user: dict[str, Any], search: str | None = None,
+                    filter: Any = None, sort: Any = None, page: int = 0, per_page: int = 10) -> Page:
+    """A page of the valid jobs ``user`` may enqueue."""
+    query = combine({"valid": True}, readable_filter(user, EXECUTE, field="_id"), search_filter(search, "_id"),
+                    check_filter(filter or {}, REGISTRY_FIELDS))
+    return await paginate(db.registry, query, sort=check_sort(sort, REGISTRY_FIELDS, default=(("_id", 1),)),
+                          page=page, per_page=per_page)

@@ -15,29 +15,56 @@ from tornado.web import Application
 from core.auth import Authenticator, load_secret
 from core.config import Config
 from core.db import Database
+from core.hub import Hub
+from core.metrics import Metrics
+from handlers import jobs
 from handlers.base import NotFoundHandler
-from handlers.system import HealthHandler, LoginHandler, LogoutHandler, WhoamiHandler
+from handlers.system import (HealthHandler, LoginHandler, LogoutHandler, MetricsHandler, OpenAPIHandler,
+                             WhoamiHandler)
 
 __all__ = ["PREFIXES", "ROUTES", "Services", "make_app", "Server"]
 
 log = logging.getLogger(__name__)
 
 PREFIXES = ("/api/v1", "/core4/api/v1")
+_ID = r"([^/]+)"
+# Order matters: the first pattern that matches wins.
 ROUTES: list[tuple[str, type]] = [
     (r"/health", HealthHandler),
     (r"/whoami", WhoamiHandler),
     (r"/login", LoginHandler),
     (r"/logout", LogoutHandler),
+    (r"/metrics", MetricsHandler),
+    (r"/openapi.json", OpenAPIHandler),
+    (r"/worker", jobs.WorkerHandler),
+    (r"/job", jobs.JobHandler),
+    (r"/job/list", jobs.RegistryHandler),
+    (r"/job/enqueue", jobs.EnqueueHandler),
+    (r"/job/queue", jobs.QueueHandler),
+    (r"/job/journal", jobs.JournalHandler),
+    (r"/job/stats", jobs.StatsHandler),
+    (r"/job/detail/" + _ID, jobs.ReadDetailHandler),
+    (r"/job/follow/" + _ID, jobs.FollowHandler),
+    (r"/job/log/" + _ID, jobs.LogHandler),
+    (r"/job/poll/" + _ID, jobs.PollHandler),
+    (r"/job/kill/" + _ID, jobs.KillHandler),
+    (r"/job/remove/" + _ID, jobs.RemoveHandler),
+    (r"/job/restart/" + _ID, jobs.RestartHandler),
+    (r"/job/([^/]+)/" + _ID, jobs.UnknownActionHandler),
+    (r"/job/" + _ID, jobs.DetailHandler),
 ]
 
 
 @dataclass
 class Services:
-    """What the handlers share: configuration, database, authenticator."""
+    """What the handlers share: configuration, database, authenticator, hub, metrics."""
 
     config: Config
     db: Database
     auth: Authenticator
+    hub: Hub
+    metrics: Metrics = field(default_factory=Metrics)
+    keepalive: float = 15.0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -51,11 +78,13 @@ class Server:
     """The HTTP server of one process: ``await start()``, then ``await stop()``."""
 
     def __init__(self, config: Config, db: Database, *, auth: Authenticator | None = None,
-                 routes: list[tuple[str, type]] = ROUTES) -> None:
+                 routes: list[tuple[str, type]] = ROUTES, keepalive: float = 15.0) -> None:
         self.config = config
         self.db = db
         self.auth = auth
         self.routes = routes
+        self.keepalive = keepalive
+        self.hub = Hub(db)
         self.http: HTTPServer | None = None
         self.port: int | None = None
 
@@ -64,7 +93,8 @@ class Server:
         if self.auth is None:
             self.auth = Authenticator(self.db, await load_secret(self.db),
                                       token_seconds=self.config.token_hours * 3600)
-        services = Services(self.config, self.db, self.auth)
+        await self.hub.start()
+        services = Services(self.config, self.db, self.auth, self.hub, keepalive=self.keepalive)
         ssl_options = None
         if self.config.tls:
             ssl_options = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -88,5 +118,6 @@ class Server:
         """Stop listening and close every open connection."""
         if self.http is not None:
             self.http.stop()
+            await self.hub.stop()  # ends live followers
             await self.http.close_all_connections()
             self.http = None

@@ -231,8 +231,13 @@ class BaseHandler(RequestHandler):
             self.set_header("WWW-Authenticate", 'Basic realm="jobdeck", charset="UTF-8"')
         if isinstance(exc, TooManyRequests):
             self.set_header("Retry-After", str(exc.retry_after))
+        details = {k: v for k, v in getattr(exc, "details", {}).items() if k != "retry_after"}
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(dumps(self.envelope(status_code, error=message)))
+        extra = {"details": details} if isinstance(exc, JobdeckError) and details else {}
+        self.finish(dumps(self.envelope(status_code, error=message, **extra)))
+
+    def on_finish(self) -> None:
+        self.services.metrics.observe_request(self.request.method or "?", self.get_status())
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         # Errors raised on purpose are answers, not incidents: one line, no traceback.

@@ -1,4 +1,4 @@
-"""Service routes: health, identity, login and logout."""
+"""Service routes: health, identity, login, logout, metrics and the OpenAPI document."""
 from __future__ import annotations
 
 import time
@@ -8,14 +8,20 @@ from core import users
 from core.errors import BadArgument
 from core.permissions import is_admin
 from handlers.base import COOKIE, BaseHandler
+from handlers.openapi import Op, Param, build
 
-__all__ = ["HealthHandler", "WhoamiHandler", "LoginHandler", "LogoutHandler"]
+__all__ = ["HealthHandler", "WhoamiHandler", "LoginHandler", "LogoutHandler", "MetricsHandler",
+           "OpenAPIHandler"]
+
+_SERVICE = ("service",)
 
 
 class HealthHandler(BaseHandler):
     """``GET /health``: no authentication; 200 when the database answers, else 503."""
 
     auth_required = False
+    api = {"get": Op("Health: no authentication; 200 when the database answers, 503 when not",
+                     reply="Health", errors=(), auth=False, tags=_SERVICE)}
 
     async def get(self) -> None:
         data = await self.services.db.health()
@@ -25,6 +31,8 @@ class HealthHandler(BaseHandler):
 
 class WhoamiHandler(BaseHandler):
     """``GET /whoami``: the caller's user (name, roles, permissions)."""
+
+    api = {"get": Op("The caller: name, roles, permissions", reply="User", errors=(401,), tags=_SERVICE)}
 
     async def get(self) -> None:
         self.reply({**users.public(self.current_user), "admin": is_admin(self.current_user)})
@@ -39,6 +47,10 @@ class LoginHandler(BaseHandler):
     """
 
     auth_required = False
+    api = {"post": Op("Log in with Basic credentials or username/password: a token and an HttpOnly cookie",
+                      (Param("username", "string", "user name (if not sent as Basic auth)"),
+                       Param("password", "string", "password (if not sent as Basic auth)")),
+                      reply="Token", errors=(400, 401, 429), auth=False, tags=_SERVICE)}
 
     async def post(self) -> None:
         auth = self.services.auth
@@ -63,7 +75,33 @@ class LogoutHandler(BaseHandler):
     """``POST /logout``: clear the login cookie (the token itself stays valid until it expires)."""
 
     auth_required = False
+    api = {"post": Op("Clear the login cookie", errors=(), auth=False, tags=_SERVICE)}
 
     def post(self) -> None:
         self.clear_cookie(COOKIE, path="/")
         self.reply(None)
+
+
+class MetricsHandler(BaseHandler):
+    """``GET /metrics``: Prometheus text (admins only)."""
+
+    api = {"get": Op("Prometheus metrics (text/plain exposition format); admins only", reply="Any",
+                     errors=(401, 403), tags=_SERVICE)}
+
+    async def get(self) -> None:
+        services = self.services
+        text = await services.metrics.render(services.db, user=self.current_user, hub=services.hub,
+                                             lease_seconds=services.config.lease_seconds)
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(text)
+
+
+class OpenAPIHandler(BaseHandler):
+    """``GET /openapi.json``: the OpenAPI 3.1 description of every route."""
+
+    api = {"get": Op("This OpenAPI 3.1 document", errors=(401,), tags=_SERVICE)}
+
+    def get(self) -> None:
+        from handlers.app import ROUTES  # the route table imports this module
+        prefix = self.request.path[: -len("/openapi.json")]
+        self.finish(build(ROUTES, prefix=prefix))

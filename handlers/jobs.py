@@ -1,0 +1,278 @@
+"""The job API (core4 style): thin handlers over ``core`` — parse arguments, call, shape the reply."""
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+from core import journal, logs, queue, registry, stats
+from core.errors import BadArgument
+from core.follow import follow
+from core.job import OPTIONS
+from core.states import FINAL
+from tornado.web import HTTPError
+
+from handlers.base import BaseHandler
+from handlers.openapi import LIST_PARAMS, PAGE_PARAMS, Op, Param
+from handlers.sse import SSEHandler
+
+__all__ = ["RegistryHandler", "JobHandler", "EnqueueHandler", "QueueHandler", "JournalHandler",
+           "DetailHandler", "ReadDetailHandler", "FollowHandler", "LogHandler", "PollHandler", "KillHandler", "RemoveHandler",
+           "RestartHandler", "StatsHandler", "WorkerHandler", "UnknownActionHandler"]
+
+_FOLLOW = Param("follow", "boolean", "stream the job as Server-Sent Events (default true)", default=True)
+_LAST_EVENT = Param("last_event_id", "string", "resume after this event id (or the Last-Event-ID header)")
+_OPTIONS = tuple(Param(name, "integer" if name in ("attempts", "priority") else "number",
+                       f"enqueue option {name} (default: the job class's)") for name in OPTIONS)
+_STATE = Param("state", "string", "only these states, comma-separated")
+_ACTIONS = ("detail", "follow", "log", "poll", "kill", "remove", "restart")
+
+
+class _JobBase(SSEHandler):
+    """Shared argument readers of the job handlers."""
+
+    def page_args(self) -> dict[str, Any]:
+        return {"page": self.arg("page", int, 0), "per_page": self.arg("per_page", int, 10)}
+
+    def list_args(self) -> dict[str, Any]:
+        return {**self.page_args(), "sort": self._sort(), "search": self.arg("search", default=None),
+                "filter": self.arg("filter", dict, None)}
+
+    def _sort(self) -> Any:
+        value = self.args.get("sort")
+        return value if isinstance(value, (list, dict)) else self.arg("sort", default=None)
+
+    def states(self) -> Any:
+        value = self.args.get("state")
+        return value if isinstance(value, list) else self.arg("state", default=None)
+
+    def reply_page(self, page: Any) -> None:
+        self.reply(page.items, **page.envelope_fields())
+
+    async def follow_job(self, job_id: Any, *, states: bool = True) -> None:
+        version, seq = self.last_event_id()
+        await self.stream(follow(self.services.db, job_id, user=self.current_user, hub=self.services.hub,
+                                 after_version=version, after_seq=seq, states=states,
+                                 idle=self.services.keepalive))
+
+
+class RegistryHandler(_JobBase):
+    """``GET /job/list``: the jobs the caller may enqueue."""
+
+    api = {"get": Op("List the jobs the caller may enqueue (the registry)", LIST_PARAMS,
+                     reply="RegistryEntry", paginated=True, errors=(400, 401))}
+
+    async def get(self) -> None:
+        args = self.list_args()
+        self.reply_page(await registry.list_page(self.services.db, user=self.current_user, **args))
+
+
+class QueueHandler(_JobBase):
+    """``GET|POST /job/queue`` (and ``GET /job``): the live queue, paginated."""
+
+    _op = Op("List live jobs (pending, running, deferred, failed), next to run first",
+             LIST_PARAMS + (_STATE,), reply="Job", paginated=True, errors=(400, 401))
+    api = {"get": _op, "post": _op}
+
+    async def get(self) -> None:
+        page = await journal.list_queue(self.services.db, user=self.current_user, state=self.states(),
+                                        **self.list_args())
+        self.reply_page(page)
+
+    post = get
+
+
+class JobHandler(QueueHandler):
+    """``POST /job`` (also ``/job/enqueue``): enqueue; ``GET /job``: the queue."""
+
+    api = {"get": QueueHandler._op, "post": Op(
+        "Enqueue a job; with follow (default) stream it as Server-Sent Events, else reply its id",
+        (Param("qual_name", "string", "the job's qualified class name", required=True),
+         Param("args", "object", "the job's arguments"), _FOLLOW) + _OPTIONS,
+        reply="Id", sse=True, sse_optional=True, errors=(400, 401, 403, 404, 409, 413))}
+
+    async def post(self) -> None:
+        options = {name: self.arg(name, float if name not in ("attempts", "priority") else int, None)
+                   for name in OPTIONS}
+        job = await queue.enqueue(self.services.db, self.arg("qual_name"), self.arg("args", dict, {}),
+                                  user=self.current_user, hostname=self.request.remote_ip,
+                                  **{k: v for k, v in options.items() if v is not None})
+        if self.arg("follow", bool, True):
+            await self.follow_job(job["_id"])
+        else:
+            self.reply(job["_id"])
+
+
+class EnqueueHandler(_JobBase):
+    """``POST /job/enqueue``: the same as ``POST /job``."""
+
+    api = {"post": JobHandler.api["post"]}
+    post = JobHandler.post
+
+
+class JournalHandler(_JobBase):
+    """``GET|POST /job/journal``: finished jobs, newest first."""
+
+    _op = Op("List finished jobs, newest first", LIST_PARAMS + (
+        _STATE, Param("qual_name", "string", "only this job class"),
+        Param("since", "date-time", "finished at or after"), Param("until", "date-time", "finished before")),
+        reply="Job", paginated=True, errors=(400, 401))
+    api = {"get": _op, "post": _op}
+
+    async def get(self) -> None:
+        page = await journal.list_journal(
+            self.services.db, user=self.current_user, state=self.states(),
+            qual_name=self.arg("qual_name", default=None), since=self.arg("since", datetime, None),
+            until=self.arg("until", datetime, None), **self.list_args())
+        self.reply_page(page)
+
+    post = get
+
+
+class DetailHandler(_JobBase):
+    """``GET /job/<id>`` (also ``/job/detail/<id>``): one job; ``DELETE /job/<id>``: remove it."""
+
+    api = {"get": Op("One job, live or finished (`journal` says which)", reply="Job"),
+           "delete": Op("Remove a live job (journaled killed, flagged removed)", reply="Job",
+                        errors=(400, 401, 403, 404, 409))}
+
+    async def get(self, job_id: str) -> None:
+        self.reply(await queue.get(self.services.db, job_id, user=self.current_user))
+
+    async def delete(self, job_id: str) -> None:
+        self.reply(await queue.remove(self.services.db, job_id, user=self.current_user))
+
+
+class ReadDetailHandler(_JobBase):
+    """``GET /job/detail/<id>``."""
+
+    api = {"get": DetailHandler.api["get"]}
+    get = DetailHandler.get
+
+
+class FollowHandler(_JobBase):
+    """``GET /job/follow/<id>``: Server-Sent Events of the job's states and log."""
+
+    api = {"get": Op("Follow a job: its current state and log so far, then live changes, then close",
+                     (_LAST_EVENT,), sse=True)}
+
+    async def get(self, job_id: str) -> None:
+        await self.follow_job(job_id)
+
+
+class LogHandler(_JobBase):
+    """``GET /job/log/<id>``: the job's log, paginated; with ``follow=true`` as events."""
+
+    api = {"get": Op("A job's log records in seq order, paginated; follow=true streams them",
+                     PAGE_PARAMS + (Param("follow", "boolean", "stream log events (default false)", default=False),
+                                    _LAST_EVENT),
+                     reply="LogRecord", paginated=True, sse=True, sse_optional=True)}
+
+    async def get(self, job_id: str) -> None:
+        if self.arg("follow", bool, False):
+            await self.follow_job(job_id, states=False)
+            return
+        job = await queue.get(self.services.db, job_id, user=self.current_user)
+        self.reply_page(await logs.page(self.services.db, job["_id"], **self.page_args()))
+
+
+class PollHandler(_JobBase):
+    """``GET /job/poll/<id>``: long poll until the job changes, or ``timeout``."""
+
+    api = {"get": Op("Long poll: the job once its version exceeds `version` (or its state differs from "
+                     "`state`), or after `timeout` seconds",
+                     (Param("version", "integer", "reply when the job's version is above this"),
+                      Param("state", "string", "reply when the job's state differs from this"),
+                      Param("timeout", "number", "seconds to wait, 1-300", default=30)), reply="Job")}
+
+    async def get(self, job_id: str) -> None:
+        version = self.arg("version", int, None)
+        state = self.arg("state", default=None)
+        timeout = self.arg("timeout", float, 30.0)
+        if not 1 <= timeout <= 300:
+            raise BadArgument(f"timeout must be between 1 and 300 seconds, got {timeout:g}")
+        db, user = self.services.db, self.current_user
+        job = await queue.get(db, job_id, user=user)
+        if version is None and state is None:
+            version = job["version"]  # nothing given: wait for the next change
+        deadline = asyncio.get_running_loop().time() + timeout
+        with self.services.hub.subscribe(job["_id"]) as subscription:
+            while not self._changed(job, version, state) and job["state"] not in FINAL:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                if await subscription.get(remaining) is not None:
+                    job = await queue.get(db, job["_id"], user=user)
+        self.reply(job)
+
+    @staticmethod
+    def _changed(job: dict[str, Any], version: int | None, state: str | None) -> bool:
+        return (version is not None and job["version"] > version) or (state is not None and job["state"] != state)
+
+
+class KillHandler(_JobBase):
+    """``PUT /job/kill/<id>``."""
+
+    api = {"put": Op("Kill a live job (a running one ends killed once its worker has stopped it)",
+                     reply="Job", errors=(400, 401, 403, 404, 409))}
+
+    async def put(self, job_id: str) -> None:
+        self.reply(await queue.kill(self.services.db, job_id, user=self.current_user))
+
+
+class RemoveHandler(_JobBase):
+    """``PUT /job/remove/<id>``."""
+
+    api = {"put": Op("Remove a live job (journaled killed, flagged removed)", reply="Job",
+                     errors=(400, 401, 403, 404, 409))}
+
+    async def put(self, job_id: str) -> None:
+        self.reply(await queue.remove(self.services.db, job_id, user=self.current_user))
+
+
+class RestartHandler(_JobBase):
+    """``PUT /job/restart/<id>``: retry (same id) or re-enqueue (new id); follows by default."""
+
+    api = {"put": Op("Restart a job: failed/deferred now under the same id; killed/error/inactive as a "
+                     "new job linked by parent_id/child_id. With follow (default) stream the job that "
+                     "will run, else reply its id", (_FOLLOW,), reply="Id", sse=True, sse_optional=True,
+                     errors=(400, 401, 403, 404, 409))}
+
+    async def put(self, job_id: str) -> None:
+        job = await queue.restart(self.services.db, job_id, user=self.current_user)
+        if self.arg("follow", bool, True):
+            await self.follow_job(job["_id"])
+        else:
+            self.reply(job["_id"])
+
+
+class StatsHandler(_JobBase):
+    """``GET /job/stats``."""
+
+    api = {"get": Op("Counts per state, oldest pending age, running per worker, alive workers, "
+                     "finished per minute (of the jobs the caller may read)", reply="Stats", errors=(401,))}
+
+    async def get(self) -> None:
+        self.reply(await stats.stats(self.services.db, user=self.current_user,
+                                     lease_seconds=self.services.config.lease_seconds))
+
+
+class WorkerHandler(BaseHandler):
+    """``GET /worker``."""
+
+    api = {"get": Op("Workers with their heartbeat and running jobs", reply="Worker", errors=(401,),
+                     tags=("workers",))}
+
+    async def get(self) -> None:
+        self.reply(await stats.workers(self.services.db, lease_seconds=self.services.config.lease_seconds))
+
+
+class UnknownActionHandler(BaseHandler):
+    """``/job/<action>/<id>`` with an action that does not exist: 405."""
+
+    api: dict[str, Op] = {}
+
+    def _refuse(self, action: str, _job_id: str) -> None:
+        raise HTTPError(405, "unknown action %r; actions: %s", action, ", ".join(_ACTIONS))
+
+    get = post = put = delete = _refuse

@@ -1,0 +1,75 @@
+"""Server-Sent Events: streaming ``core.follow`` events to a client.
+
+Each event is written as::
+
+    id: <version>.<seq>
+    event: state|log|close
+    data: <one line of JSON>
+
+with ``retry: 2000`` first and a ``: keepalive`` comment after
+``keepalive`` seconds of silence. ``await self.flush()`` after every event
+makes a slow client slow down its own follower (which then catches up from the
+database) instead of growing a buffer. When the client goes away, the stream
+is cancelled at once and its hub subscription closed.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import AsyncIterator
+
+from tornado.iostream import StreamClosedError
+
+from core.encoding import dumps
+from core.follow import Event, parse_event_id
+from handlers.base import BaseHandler
+
+__all__ = ["SSEHandler", "format_event"]
+
+
+def format_event(event: Event | None) -> str:
+    """The wire form of one event (``None``: a keepalive comment)."""
+    if event is None:
+        return ": keepalive\n\n"
+    return f"id: {event.id}\nevent: {event.kind}\ndata: {dumps(event.data)}\n\n"
+
+
+class SSEHandler(BaseHandler):
+    """A handler that can answer with an event stream."""
+
+    _pump: asyncio.Task[None] | None = None
+
+    def last_event_id(self) -> tuple[int, int]:
+        """(version, seq) to resume after: the ``Last-Event-ID`` header or ``last_event_id`` argument."""
+        return parse_event_id(self.request.headers.get("Last-Event-ID") or self.arg("last_event_id", default=None))
+
+    async def stream(self, events: AsyncIterator[Event | None]) -> None:
+        """Send ``events`` as Server-Sent Events until they end or the client leaves.
+
+        The first event is awaited before anything is written, so an error
+        raised by the source (unknown job, no permission) is still a JSON error.
+        """
+        async with contextlib.aclosing(events):
+            first = await anext(events)
+            self.set_header("Content-Type", "text/event-stream; charset=UTF-8")
+            self.set_header("Cache-Control", "no-cache")
+            self.set_header("X-Accel-Buffering", "no")
+            self.write("retry: 2000\n\n")
+            self._pump = asyncio.current_task()
+            try:
+                self.write(format_event(first))
+                await self.flush()
+                async for event in events:
+                    self.write(format_event(event))
+                    await self.flush()
+            except (StreamClosedError, asyncio.CancelledError):
+                return  # the client left; aclosing closes the subscription
+            finally:
+                self._pump = None
+        if not self._finished:
+            self.finish()
+
+    def on_connection_close(self) -> None:
+        # Stop waiting for news at once, so the subscription goes with the client.
+        if self._pump is not None:
+            self._pump.cancel()
