@@ -34,7 +34,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
 from core import logs, states
 from core.errors import Conflict
@@ -189,8 +189,8 @@ class Worker:
                 timeout = await self._next_due_in() if len(self.runs) < self.slots else None
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
-            except ConnectionFailure as exc:
-                log.warning("database unavailable while claiming (%s); retrying", exc)
+            except PyMongoError as exc:  # not only ConnectionFailure: any error must not end claiming
+                log.warning("database error while claiming (%s); retrying", exc)
                 await asyncio.sleep(self.poll_seconds)
 
     async def _next_due_in(self) -> float:
@@ -368,6 +368,9 @@ class Worker:
         while True:
             try:
                 async with await self.db.queue.watch(pipeline, full_document="updateLookup") as stream:
+                    # Jobs enqueued before the stream was open sent no event:
+                    # scan once now that no later one can be missed.
+                    self._wake.set()
                     async for change in stream:
                         job = change.get("fullDocument") or {}
                         run = self.runs.get(job.get("_id"))

@@ -1,0 +1,88 @@
+"""Enqueue requests per second over HTTP with basic auth, against raw insert_one on the same server.
+
+    .venv/bin/python bench/api.py [--requests 2000] [--concurrency 8] [--mongo-url URL]
+
+Runs ``jobdeck serve`` as its own process, sends ``POST /api/v1/job`` with
+``follow: false`` from ``--concurrency`` connections, and measures, in the
+same run and with the same concurrency, how many ``insert_one`` per second
+the database itself takes.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import httpx
+from common import database, jobdeck_server, percentile  # also puts the project on sys.path
+
+from bson import ObjectId  # noqa: E402
+from core.db import Database  # noqa: E402
+
+
+async def raw_inserts(url: str, name: str, total: int, concurrency: int) -> float:
+    """insert_one per second with ``concurrency`` concurrent writers."""
+    db = Database.connect(url, name)
+    collection = db.db["bench_raw"]
+    per_writer = total // concurrency
+
+    async def writer() -> None:
+        for _ in range(per_writer):
+            await collection.insert_one({"qual_name": "jobs.example.NoopJob", "args": {}, "state": "pending",
+                                         "version": 1, "payload": "x" * 300})
+
+    started = time.perf_counter()
+    await asyncio.gather(*(writer() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    await collection.drop()
+    await db.close()
+    return per_writer * concurrency / elapsed
+
+
+async def enqueues(base: str, total: int, concurrency: int) -> tuple[float, list[float]]:
+    """(requests per second, latencies) of POST /job with follow false."""
+    per_client = total // concurrency
+    latencies: list[float] = []
+    async with httpx.AsyncClient(base_url=base, auth=("admin", "bench"), timeout=60,
+                                 limits=httpx.Limits(max_connections=concurrency)) as client:
+        await client.post("/job", json={"qual_name": "jobs.example.NoopJob", "follow": False})  # warm the auth cache
+
+        async def sender() -> None:
+            for _ in range(per_client):
+                started = time.perf_counter()
+                reply = await client.post("/job", json={"qual_name": "jobs.example.NoopJob", "follow": False})
+                latencies.append(time.perf_counter() - started)
+                assert reply.status_code == 200, reply.text
+
+        started = time.perf_counter()
+        await asyncio.gather(*(sender() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return per_client * concurrency / elapsed, latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--mongo-url")
+    args = parser.parse_args()
+    name = f"bench_{ObjectId()}"
+    with database(args.mongo_url) as url:
+        raw = asyncio.run(raw_inserts(url, name, args.requests, args.concurrency))
+        with jobdeck_server(url, name) as (base, _process):
+            rate, latencies = asyncio.run(enqueues(base, args.requests, args.concurrency))
+        print(f"raw insert_one, {args.concurrency} concurrent writers: {raw:.0f}/s")
+        print(f"POST /job (basic auth, follow=false), {args.concurrency} connections, {args.requests} requests: "
+              f"{rate:.0f}/s = {rate / raw * 100:.0f}% of raw insert_one "
+              f"(latency p50 {percentile(latencies, 0.5) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms)")
+        asyncio.run(_drop(url, name))
+
+
+async def _drop(url: str, name: str) -> None:
+    db = Database.connect(url, name)
+    await db.client.drop_database(name)
+    await db.close()
+
+
+if __name__ == "__main__":
+    main()
