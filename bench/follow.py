@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
 import re
 import time
 from datetime import datetime, timezone
@@ -29,6 +28,7 @@ from core import queue, registry  # noqa: E402
 from core.db import Database  # noqa: E402
 
 AUTH = "Basic " + base64.b64encode(b"admin:bench").decode()
+_SEQ = re.compile(r'"seq": (\d+)')
 
 
 async def write_records(db: Database, job_id: ObjectId, count: int, start_seq: int) -> dict[int, float]:
@@ -77,7 +77,7 @@ class Follower:
                 kind = text[7:]
                 self.connected.set()
             elif text.startswith("data: ") and kind == "log":
-                self.received[json.loads(text[6:])["seq"]] = time.time()
+                self.received[int(_SEQ.search(text).group(1))] = time.time()
             elif text.startswith("data: ") and kind == "close":
                 self.closed = True
                 break

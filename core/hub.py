@@ -58,9 +58,14 @@ class Subscription:
         if not self.hub.live:
             await asyncio.sleep(min(timeout, self.hub.poll_seconds))
             return RESYNC
+        if not self._queue.empty():
+            return self._queue.get_nowait()
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except asyncio.TimeoutError:
+            # asyncio.timeout, not wait_for: no extra task per event, which
+            # counts with a thousand followers.
+            async with asyncio.timeout(timeout):
+                return await self._queue.get()
+        except TimeoutError:
             return None
 
     def close(self) -> None:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator
+from collections import OrderedDict
+from typing import Any, AsyncIterator
 
 from tornado.iostream import StreamClosedError
 
@@ -27,11 +28,29 @@ from handlers.base import BaseHandler
 __all__ = ["SSEHandler", "format_event"]
 
 
+# The hub hands the same document to every follower of a job: serialise it
+# once, not once per follower. Keyed by identity; the entry keeps the document
+# alive, so an id cannot be reused while it is cached.
+_JSON_CACHE: OrderedDict[int, tuple[Any, str]] = OrderedDict()
+_JSON_CACHE_SIZE = 4096
+
+
+def _json(data: Any) -> str:
+    cached = _JSON_CACHE.get(id(data))
+    if cached is not None and cached[0] is data:
+        return cached[1]
+    text = dumps(data)
+    _JSON_CACHE[id(data)] = (data, text)
+    if len(_JSON_CACHE) > _JSON_CACHE_SIZE:
+        _JSON_CACHE.popitem(last=False)
+    return text
+
+
 def format_event(event: Event | None) -> str:
     """The wire form of one event (``None``: a keepalive comment)."""
     if event is None:
         return ": keepalive\n\n"
-    return f"id: {event.id}\nevent: {event.kind}\ndata: {dumps(event.data)}\n\n"
+    return f"id: {event.id}\nevent: {event.kind}\ndata: {_json(event.data)}\n\n"
 
 
 class SSEHandler(BaseHandler):
