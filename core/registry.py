@@ -12,6 +12,7 @@ import importlib
 import inspect
 import json
 import logging
+import math
 import pkgutil
 import types
 import typing
@@ -182,6 +183,31 @@ def _matches(kind: str, value: Any) -> bool:
     return isinstance(value, {"str": str, "bool": bool, "list": list, "dict": dict}[kind])
 
 
+_INT64 = (-(2 ** 63), 2 ** 63 - 1)
+_MAX_NESTING = 32
+
+
+def _unstorable(value: Any, depth: int = 1) -> str | None:
+    """Why ``value`` cannot be stored in MongoDB and sent back as JSON; ``None`` if it can.
+
+    Larger integers make the BSON encoder fail (which would be a 500), and
+    NaN or infinities would make every reply holding the job invalid JSON.
+    """
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return None
+    if isinstance(value, int):
+        return None if _INT64[0] <= value <= _INT64[1] else "holds an integer beyond 64 bits"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"holds {value!r}, not a finite number"
+    if isinstance(value, (list, dict)):
+        if depth > _MAX_NESTING:
+            return f"is nested deeper than {_MAX_NESTING} levels"
+        for item in value.values() if isinstance(value, dict) else value:
+            if trouble := _unstorable(item, depth + 1):
+                return trouble
+    return None
+
+
 _ARTICLES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "a boolean",
              "list": "a list", "dict": "an object"}
 
@@ -207,9 +233,10 @@ def check_args(entry: dict[str, Any], args: Any) -> dict[str, Any]:
         problems.append(f"unknown {', '.join(repr(u) for u in unknown)} (accepted: {accepted})")
     for name, value in args.items():
         param = params.get(name)
-        if param is None or (value is None and param["nullable"]) or _matches(param["type"], value):
-            continue
-        problems.append(f"{name!r} must be {_ARTICLES.get(param['type'], param['type'])}, got {value!r}"[:200])
+        if param is not None and not (value is None and param["nullable"]) and not _matches(param["type"], value):
+            problems.append(f"{name!r} must be {_ARTICLES.get(param['type'], param['type'])}, got {value!r}"[:200])
+        elif trouble := _unstorable(value):
+            problems.append(f"{name!r} {trouble}")
     if problems:
         raise BadArgument(f"bad arguments for {entry['_id']}: " + "; ".join(problems))
     try:

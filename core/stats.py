@@ -4,6 +4,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from bson import ObjectId
+
 from core.listing import combine
 from core.permissions import readable_filter
 from core.states import FINAL, LIVE, State
@@ -49,10 +51,18 @@ async def stats(db: Database, *, user: dict[str, Any], lease_seconds: float) -> 
     }
 
 
-async def workers(db: Database, *, lease_seconds: float) -> list[dict[str, Any]]:
-    """Registered workers, newest heartbeat first, with ``alive`` (heartbeat within the lease)."""
+async def workers(db: Database, *, user: dict[str, Any], lease_seconds: float) -> list[dict[str, Any]]:
+    """Registered workers, newest heartbeat first, with ``alive`` (heartbeat within the lease).
+
+    ``running`` lists only the jobs ``user`` may read.
+    """
     now = datetime.now(timezone.utc)
     found = await db.worker.find({}).sort("heartbeat", -1).to_list()
+    visible = readable_filter(user)
     for worker in found:
         worker["alive"] = (now - worker["heartbeat"]).total_seconds() <= lease_seconds
+        if visible and worker.get("running"):
+            ids = [ObjectId(i) for i in worker["running"] if ObjectId.is_valid(i)]
+            readable = await db.queue.find(combine(visible, {"_id": {"$in": ids}}), {"_id": 1}).to_list()
+            worker["running"] = [str(job["_id"]) for job in readable]
     return found

@@ -169,7 +169,7 @@ class BaseHandler(RequestHandler):
         if content_type == "multipart/form-data":
             raise BadArgument("multipart bodies are not accepted; send JSON")
         try:
-            data = json.loads(body)
+            data = _strict_json(body)
         except (UnicodeDecodeError, ValueError) as exc:
             raise BadArgument(f"request body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
@@ -268,6 +268,29 @@ def _shorten(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "...'"
 
 
+def _not_a_number(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:30]} is out of range")
+    return number
+
+
+def _strict_json(data: str | bytes) -> Any:
+    """Strict JSON: no NaN or Infinity (Python's ``json`` accepts them, a reply could not carry them).
+
+    Raises ``ValueError`` for anything else than JSON, also when it is nested
+    too deeply to parse (``json`` raises ``RecursionError`` there).
+    """
+    try:
+        return json.loads(data, parse_constant=_not_a_number, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def _coerce(value: Any, kind: Any) -> Any:
     """Coerce a JSON or query-string value to ``kind``; raises ``ValueError``/``TypeError``."""
     if kind is str:
@@ -299,7 +322,7 @@ def _coerce(value: Any, kind: Any) -> Any:
         return number
     if kind in (dict, list):
         if isinstance(value, str):
-            value = json.loads(value)
+            value = _strict_json(value)
         if not isinstance(value, kind):
             raise TypeError
         return value

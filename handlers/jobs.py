@@ -25,6 +25,8 @@ _LAST_EVENT = Param("last_event_id", "string", "resume after this event id (or t
 _OPTIONS = tuple(Param(name, "integer" if name in ("attempts", "priority") else "number",
                        f"enqueue option {name} (default: the job class's)") for name in OPTIONS)
 _STATE = Param("state", "string", "only these states, comma-separated")
+_WAIT = Param("wait", "boolean", "reply once a running job has been stopped (default true), "
+              "at most the kill grace plus a lease later", default=True)
 _ACTIONS = ("detail", "follow", "log", "poll", "kill", "remove", "restart")
 
 
@@ -48,6 +50,29 @@ class _JobBase(SSEHandler):
 
     def reply_page(self, page: Any) -> None:
         self.reply(page.items, **page.envelope_fields())
+
+    async def stopped(self, job: dict[str, Any]) -> dict[str, Any]:
+        """``job`` after a kill or removal: once its worker has ended it, if it was running.
+
+        A running job is only marked; its worker (or, if that died, the reaper
+        once the lease expired) ends it. Waiting for that lets a client restart
+        it right after the reply, as the core4 walkthrough does.
+        """
+        if job["state"] in FINAL:
+            return job
+        config = self.services.config
+        return await self.until_final(job["_id"], config.kill_grace_seconds + config.lease_seconds)
+
+    async def until_final(self, job_id: Any, timeout: float) -> dict[str, Any]:
+        """The job once it is final, or as it is after ``timeout`` seconds."""
+        db, user, loop = self.services.db, self.current_user, asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        with self.services.hub.subscribe(job_id) as subscription:
+            job = await queue.get(db, job_id, user=user)  # read after subscribing: no change slips by
+            while job["state"] not in FINAL and (remaining := deadline - loop.time()) > 0:
+                if await subscription.get(remaining) is not None:
+                    job = await queue.get(db, job_id, user=user)
+        return job
 
     async def follow_job(self, job_id: Any, *, states: bool = True) -> None:
         version, seq = self.last_event_id()
@@ -94,10 +119,11 @@ class JobHandler(QueueHandler):
     async def post(self) -> None:
         options = {name: self.arg(name, float if name not in ("attempts", "priority") else int, None)
                    for name in OPTIONS}
+        following = self.arg("follow", bool, True)  # read before enqueueing: a bad value enqueues nothing
         job = await queue.enqueue(self.services.db, self.arg("qual_name"), self.arg("args", dict, {}),
                                   user=self.current_user, hostname=self.request.remote_ip,
                                   **{k: v for k, v in options.items() if v is not None})
-        if self.arg("follow", bool, True):
+        if following:
             await self.follow_job(job["_id"])
         else:
             self.reply(job["_id"])
@@ -133,14 +159,16 @@ class DetailHandler(_JobBase):
     """``GET /job/<id>`` (also ``/job/detail/<id>``): one job; ``DELETE /job/<id>``: remove it."""
 
     api = {"get": Op("One job, live or finished (`journal` says which)", reply="Job"),
-           "delete": Op("Remove a live job (journaled killed, flagged removed)", reply="Job",
+           "delete": Op("Remove a live job (journaled killed, flagged removed)", (_WAIT,), reply="Job",
                         errors=(400, 401, 403, 404, 409))}
 
     async def get(self, job_id: str) -> None:
         self.reply(await queue.get(self.services.db, job_id, user=self.current_user))
 
     async def delete(self, job_id: str) -> None:
-        self.reply(await queue.remove(self.services.db, job_id, user=self.current_user))
+        wait = self.arg("wait", bool, True)  # checked before anything is done
+        job = await queue.remove(self.services.db, job_id, user=self.current_user)
+        self.reply(await self.stopped(job) if wait else job)
 
 
 class ReadDetailHandler(_JobBase):
@@ -214,20 +242,24 @@ class KillHandler(_JobBase):
     """``PUT /job/kill/<id>``."""
 
     api = {"put": Op("Kill a live job (a running one ends killed once its worker has stopped it)",
-                     reply="Job", errors=(400, 401, 403, 404, 409))}
+                     (_WAIT,), reply="Job", errors=(400, 401, 403, 404, 409))}
 
     async def put(self, job_id: str) -> None:
-        self.reply(await queue.kill(self.services.db, job_id, user=self.current_user))
+        wait = self.arg("wait", bool, True)  # checked before anything is done
+        job = await queue.kill(self.services.db, job_id, user=self.current_user)
+        self.reply(await self.stopped(job) if wait else job)
 
 
 class RemoveHandler(_JobBase):
     """``PUT /job/remove/<id>``."""
 
-    api = {"put": Op("Remove a live job (journaled killed, flagged removed)", reply="Job",
+    api = {"put": Op("Remove a live job (journaled killed, flagged removed)", (_WAIT,), reply="Job",
                      errors=(400, 401, 403, 404, 409))}
 
     async def put(self, job_id: str) -> None:
-        self.reply(await queue.remove(self.services.db, job_id, user=self.current_user))
+        wait = self.arg("wait", bool, True)  # checked before anything is done
+        job = await queue.remove(self.services.db, job_id, user=self.current_user)
+        self.reply(await self.stopped(job) if wait else job)
 
 
 class RestartHandler(_JobBase):
@@ -239,8 +271,9 @@ class RestartHandler(_JobBase):
                      errors=(400, 401, 403, 404, 409))}
 
     async def put(self, job_id: str) -> None:
+        following = self.arg("follow", bool, True)  # read before restarting: a bad value restarts nothing
         job = await queue.restart(self.services.db, job_id, user=self.current_user)
-        if self.arg("follow", bool, True):
+        if following:
             await self.follow_job(job["_id"])
         else:
             self.reply(job["_id"])
@@ -258,13 +291,14 @@ class StatsHandler(_JobBase):
 
 
 class WorkerHandler(BaseHandler):
-    """``GET /worker``."""
+    """``GET /worker``: workers, with the running jobs the caller may read."""
 
     api = {"get": Op("Workers with their heartbeat and running jobs", reply="Worker", errors=(401,),
                      tags=("workers",))}
 
     async def get(self) -> None:
-        self.reply(await stats.workers(self.services.db, lease_seconds=self.services.config.lease_seconds))
+        self.reply(await stats.workers(self.services.db, user=self.current_user,
+                                       lease_seconds=self.services.config.lease_seconds))
 
 
 class UnknownActionHandler(BaseHandler):

@@ -391,7 +391,8 @@ def stats_(as_json: bool) -> None:
 def workers_(as_json: bool) -> None:
     """List workers with their heartbeat and running jobs."""
     config = load_config()
-    found = run_with_database(config, lambda db: stats.workers(db, lease_seconds=config.lease_seconds))
+    found = run_with_database(config, lambda db: stats.workers(
+        db, user=_user(), lease_seconds=config.lease_seconds))
     if as_json:
         print_json(found)
         return

@@ -1,18 +1,26 @@
 """Fixtures: one embedded server per session, a fresh database per test, a real HTTP server."""
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import functools
+import inspect
 import os
 import socket
+import ssl
+import time
 import uuid
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import httpx
 import pytest
 
-from core import users
+from core import registry, users
 from core.config import Config
 from core.db import Database
 from core.embedded import EmbeddedServer
+from core.job import Job
+from core.worker import Worker
 from handlers.app import Server
 
 
@@ -45,6 +53,59 @@ async def db(config: Config) -> AsyncIterator[Database]:
     await database.close()
 
 
+#: The users of the API tests: name -> (password, roles, permissions).
+TEAM = {
+    "admin": ("hans", ["admin"], []),
+    "executor": ("exec-pw", [], ["job:jobs.example.*:x"]),
+    "reader": ("read-pw", [], ["job:jobs.example.*:r"]),
+    "stranger": ("other-pw", [], ["job:other.*:x"]),
+}
+_TEAM_DOCS: list[dict[str, Any]] = []  # as users.add stored them: argon2 is slow, so hash once per session
+
+
+@functools.cache
+def _client_tls() -> ssl.SSLContext:
+    return ssl.create_default_context()
+
+
+@pytest.fixture
+async def team(db: Database) -> dict[str, dict[str, Any]]:
+    """The ``TEAM`` users in the test database (``admin`` is admin/hans), by name.
+
+    The first test creates them with ``users.add``; later ones get copies of
+    those documents, hashes included. Not to be combined with ``admin``.
+    """
+    if not _TEAM_DOCS:
+        for name, (password, roles, perms) in TEAM.items():
+            await users.add(db, name, password, roles=roles, perms=perms, actor="test")
+        _TEAM_DOCS.extend(await db.user.find({"name": {"$in": list(TEAM)}}).to_list())
+    else:
+        await db.user.insert_many([dict(doc) for doc in _TEAM_DOCS])
+    return {doc["name"]: doc for doc in _TEAM_DOCS}
+
+
+@pytest.fixture
+async def team_clients(server: Server, team: dict[str, dict[str, Any]]
+                       ) -> AsyncIterator[dict[str | None, httpx.AsyncClient]]:
+    """A client per ``TEAM`` user, and an anonymous one under ``None``.
+
+    They authenticate with bearer tokens of the server's authenticator (what
+    ``POST /login`` hands out): Basic auth would cost an argon2 verification
+    per user and server, and ``test_api_auth`` covers it.
+    """
+    # One TLS context for all: building one per client costs more than the test.
+    verify = _client_tls()
+    opened: dict[str | None, httpx.AsyncClient] = {None: httpx.AsyncClient(base_url=server.url, timeout=30,
+                                                                            verify=verify)}
+    for name, user in team.items():
+        token, _ = server.auth.issue_token(user)
+        opened[name] = httpx.AsyncClient(base_url=server.url, timeout=30, verify=verify,
+                                         headers={"Authorization": f"Bearer {token}"})
+    yield opened
+    for http in opened.values():
+        await http.aclose()
+
+
 @pytest.fixture
 def cli_env(config: Config) -> dict[str, str]:
     """Environment for command-line runs against this test's database."""
@@ -71,6 +132,39 @@ async def client(server: Server) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
+@pytest.fixture
+async def job_classes(db: Database) -> dict[str, type[Job]]:
+    """The discovered job classes, synced into the test database's registry (so they can be enqueued)."""
+    found = registry.discover()
+    await registry.sync(db, found)
+    return found
+
+
+@pytest.fixture
+async def worker_factory(db: Database, config: Config,
+                         job_classes: dict[str, type[Job]]) -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
+    """``await worker_factory()`` starts an in-process worker on the test database (stopped at teardown)."""
+    started: list[Worker] = []
+
+    async def start(*, slots: int = 4, kill_grace: float = 0.5) -> Worker:
+        worker = Worker(db, dataclasses.replace(config, heartbeat_seconds=0.5), classes=job_classes,
+                        slots=slots, kill_grace=kill_grace, shutdown_grace=0.2, poll_seconds=0.2)
+        await worker.start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.hurry()
+        await worker.stop()
+
+
+@pytest.fixture
+async def worker(worker_factory: Callable[..., Awaitable[Worker]]) -> Worker:
+    """An in-process worker (4 slots, kill grace 0.5 s) running for the whole test."""
+    return await worker_factory()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -95,3 +189,18 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, message
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {message}")
         time.sleep(interval)
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02,
+                   message: str = "condition") -> Any:
+    """``wait_until`` for async tests: poll ``predicate`` (sync or async) without blocking the loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {message}")
+        await asyncio.sleep(interval)

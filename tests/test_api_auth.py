@@ -11,9 +11,11 @@ from core.auth import Authenticator
 from core.config import Config
 from core.db import Database
 from handlers.app import PREFIXES, ROUTES, Server
+from handlers.openapi import path_template
 
 PUBLIC = {"/health", "/login", "/logout"}
-PROTECTED = [path for path, _ in ROUTES if path not in PUBLIC]
+PROTECTED = [path_template(path).replace("{id}", "5f6252b42e84fa29038a3e3f")
+             for path, _ in ROUTES if path not in PUBLIC]
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 

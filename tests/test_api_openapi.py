@@ -1,0 +1,135 @@
+"""The OpenAPI 3.1 document: it describes every route of the application, and only routes that exist."""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+from tornado.web import RequestHandler
+
+from core import queue
+from handlers.app import PREFIXES, ROUTES
+from handlers.jobs import UnknownActionHandler
+from handlers.openapi import path_template
+
+METHODS = ("get", "post", "put", "delete")
+DUMMY = "jobs.example.DummyJob"
+PUBLIC = {("/health", "get"), ("/login", "post"), ("/logout", "post")}
+SSE = {("/job", "post"), ("/job/enqueue", "post"), ("/job/follow/{id}", "get"), ("/job/log/{id}", "get"),
+       ("/job/restart/{id}", "put")}
+
+
+def implemented() -> set[tuple[str, str]]:
+    """(OpenAPI path, method) of every method a routed handler implements (the 405 catch-all aside)."""
+    return {(path_template(pattern), method) for pattern, handler in ROUTES if handler is not UnknownActionHandler
+            for method in METHODS if getattr(handler, method) is not getattr(RequestHandler, method)}
+
+
+def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            yield path, method, operation
+
+
+def references(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref":
+                yield value
+            else:
+                yield from references(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from references(item)
+
+
+@pytest.fixture
+async def document(team_clients) -> dict[str, Any]:
+    reply = await team_clients["reader"].get("/openapi.json")
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["Content-Type"].startswith("application/json")
+    return reply.json()
+
+
+async def test_openapi_document_is_version_3_1_and_served_under_its_prefix(document):
+    assert document["openapi"] == "3.1.0"
+    assert document["info"]["title"] == "jobdeck"
+    assert document["servers"] == [{"url": "/api/v1"}]
+
+
+async def test_core4_prefix_serves_the_same_paths_under_its_own_server_url(server, team_clients, document):
+    url = f"http://127.0.0.1:{server.port}{PREFIXES[1]}/openapi.json"
+    alias = (await team_clients["reader"].get(url)).json()
+    assert alias["servers"] == [{"url": "/core4/api/v1"}]
+    assert alias["paths"] == document["paths"]
+
+
+def test_every_implemented_method_is_found_on_the_routes():
+    found = implemented()
+    assert ("/job/{id}", "delete") in found and ("/job", "post") in found and ("/health", "get") in found
+    assert not any(path == "/job/{id}/{id}" for path, _ in found)
+
+
+async def test_every_route_and_method_of_the_application_is_described(document):
+    described = {(path, method) for path, method, _ in operations(document)}
+    missing = implemented() - described
+    assert not missing, f"routes without a description: {sorted(missing)}"
+
+
+async def test_every_described_operation_is_served(db, job_classes, team_clients, document):
+    # A finished job: follow and log end at once, and nothing is started.
+    job = await queue.enqueue(db, DUMMY, {}, user=queue.operator("operator"))
+    await queue.kill(db, job["_id"], user=queue.operator("operator"))
+    http = team_clients["admin"]
+    for path, method, _ in operations(document):
+        # follow=false: restart and enqueue answer instead of streaming the job they start.
+        reply = await http.request(method.upper(), path.format(id=job["_id"]), params={"follow": "false", "timeout": 1})
+        assert reply.status_code not in (404, 405, 500), (method, path, reply.text)
+
+
+async def test_the_unknown_action_catch_all_is_not_described(document):
+    assert path_template(r"/job/([^/]+)/([^/]+)") not in document["paths"]
+
+
+async def test_every_operation_describes_200_and_401_unless_public(document):
+    for path, method, operation in operations(document):
+        responses = operation["responses"]
+        assert "200" in responses, (method, path)
+        if (path, method) in PUBLIC:
+            assert operation["security"] == [], (method, path)  # no credentials needed
+        else:
+            assert "401" in responses, (method, path)
+            assert responses["401"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+
+
+async def test_streaming_operations_list_event_stream_content(document):
+    for path, method, operation in operations(document):
+        content = operation["responses"]["200"]["content"]
+        assert ("text/event-stream" in content) == ((path, method) in SSE), (method, path)
+    # Those that stream only with follow=true can also answer JSON.
+    for path, method in SSE - {("/job/follow/{id}", "get")}:
+        assert "application/json" in document["paths"][path][method]["responses"]["200"]["content"], (method, path)
+
+
+async def test_path_parameters_are_declared(document):
+    for path, method, operation in operations(document):
+        declared = [p["name"] for p in operation["parameters"] if p["in"] == "path"]
+        assert declared == (["id"] if "{id}" in path else []), (method, path)
+
+
+async def test_components_hold_the_job_log_record_and_error_schemas(document):
+    schemas = document["components"]["schemas"]
+    assert {"Job", "LogRecord", "Error"} <= set(schemas)
+    assert {"_id", "qual_name", "state", "version"} <= set(schemas["Job"]["properties"])
+    assert {"job_id", "seq", "level", "message"} <= set(schemas["LogRecord"]["properties"])
+    assert "error" in schemas["Error"]["required"]
+
+
+async def test_every_reference_resolves_to_a_component(document):
+    refs = set(references(document))
+    assert refs, "the document uses no $ref at all"
+    for ref in refs:
+        assert ref.startswith("#/"), ref
+        node: Any = document
+        for part in ref[2:].split("/"):
+            assert isinstance(node, dict) and part in node, f"{ref} does not resolve"
+            node = node[part]
