@@ -3,8 +3,9 @@
 ``follow`` yields ``Event``s: ``state`` (the job document, whenever it
 changed), ``log`` (each record exactly once, in ``seq`` order) and finally
 ``close``; and ``None`` after ``idle`` seconds without news (time for a
-keepalive). It subscribes to the ``Hub`` before reading the database, so
-nothing falls between the past and the live part. Live events are used as
+keepalive), and at once when the catch-up had nothing to send. It subscribes
+to the ``Hub`` before reading the database, so nothing falls between the past
+and the live part. Live events are used as
 they come when they are the next ones; whenever something is missing (a gap in
 ``seq``, a subscriber that fell behind, a hub that restarted) it re-reads from
 the database by ``version`` and ``seq``. A follower resuming from an event id
@@ -108,17 +109,26 @@ async def follow(db: Database, job_id: Any, *, user: dict[str, Any], hub: Hub,
     follower = _Follower(db, job_id, user, states, after_version, after_seq, batch)
     with hub.subscribe(job_id) as subscription:
         job = await get(db, job_id, user=user)
+        opened = False
         while True:
             # Catch up from the database: the state, then the log after seq.
             for event in follower.state(job):
+                opened = True
                 yield event
             async for event in follower.backlog():
+                opened = True
                 yield event
             # Logs are all written before a job's final transition, so once the
             # job was read as final, the backlog above held its last record.
             if job["state"] in FINAL:
                 yield follower.close(job)
                 return
+            if not opened:
+                # Nothing to send yet (a log follow before the first record, a
+                # resume with nothing new): a keepalive now, so that an event
+                # stream can answer at once instead of after ``idle`` seconds.
+                opened = True
+                yield None
             # Live: use events while they are the next ones; re-read otherwise.
             while True:
                 news = await subscription.get(idle)
