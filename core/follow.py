@@ -5,16 +5,17 @@ changed), ``log`` (each record exactly once, in ``seq`` order) and finally
 ``close``; and ``None`` after ``idle`` seconds without news (time for a
 keepalive), and at once when the catch-up had nothing to send. It subscribes
 to the ``Hub`` before reading the database, so nothing falls between the past
-and the live part. Live events are used as
-they come when they are the next ones; whenever something is missing (a gap in
+and the live part. Live events are used as they come when they are the next
+ones; whenever something is missing (a gap in
 ``seq``, a subscriber that fell behind, a hub that restarted) it re-reads from
 the database by ``version`` and ``seq``. A follower resuming from an event id
 gets exactly what it has not seen, also across server restarts.
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 from core import logs
 from core.hub import RESYNC
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from core.db import Database
     from core.hub import Hub
 
-__all__ = ["Event", "follow", "parse_event_id"]
+__all__ = ["Event", "follow", "parse_event_id", "wait_for"]
 
 
 @dataclass(frozen=True)
@@ -102,50 +103,66 @@ async def follow(db: Database, job_id: Any, *, user: dict[str, Any], hub: Hub,
                  idle: float = 15.0, batch: int = 1000) -> AsyncIterator[Event | None]:
     """Yield the job's events after (``after_version``, ``after_seq``) until it has ended.
 
-    Raises ``BadArgument``, ``NotFound`` or ``Forbidden`` (from ``queue.get``)
-    before the first event.
+    Yields ``None`` when there is nothing to send at first (so a stream can
+    open at once) and after every ``idle`` seconds without an event (time for
+    a keepalive). Raises ``BadArgument``, ``NotFound`` or ``Forbidden`` (from
+    ``queue.get``) before the first event.
     """
     job_id = object_id(job_id)
     follower = _Follower(db, job_id, user, states, after_version, after_seq, batch)
+    clock = asyncio.get_running_loop().time
+    quiet_since: float | None = None  # when the last thing was sent; None: nothing yet
     with hub.subscribe(job_id) as subscription:
         job = await get(db, job_id, user=user)
-        opened = False
         while True:
             # Catch up from the database: the state, then the log after seq.
             for event in follower.state(job):
-                opened = True
+                quiet_since = clock()
                 yield event
             async for event in follower.backlog():
-                opened = True
+                quiet_since = clock()
                 yield event
             # Logs are all written before a job's final transition, so once the
             # job was read as final, the backlog above held its last record.
             if job["state"] in FINAL:
                 yield follower.close(job)
                 return
-            if not opened:
-                # Nothing to send yet (a log follow before the first record, a
-                # resume with nothing new): a keepalive now, so that an event
-                # stream can answer at once instead of after ``idle`` seconds.
-                opened = True
+            if quiet_since is None or clock() - quiet_since >= idle:
+                quiet_since = clock()
                 yield None
             # Live: use events while they are the next ones; re-read otherwise.
             while True:
-                news = await subscription.get(idle)
+                news = await subscription.get(max(0.0, quiet_since + idle - clock()))
                 if news is None:
+                    quiet_since = clock()
                     yield None
                     continue
                 kind, data = news
                 if news is RESYNC or (kind == "log" and data["seq"] > follower.seq + 1):
                     job = await get(db, job_id, user=user)
                     break
-                if kind == "log":
-                    if data["seq"] == follower.seq + 1:
-                        for event in follower.log(data):
-                            yield event
-                elif data["state"] in FINAL:
+                if kind == "state" and data["state"] in FINAL:
                     job = await get(db, job_id, user=user)  # authoritative, with the journal flag
                     break
-                else:
-                    for event in follower.state(data):
-                        yield event
+                fresh = follower.log(data) if kind == "log" and data["seq"] == follower.seq + 1 else (
+                    follower.state(data) if kind == "state" else [])
+                for event in fresh:
+                    quiet_since = clock()
+                    yield event
+
+
+async def wait_for(db: Database, job_id: Any, *, user: dict[str, Any], hub: Hub,
+                   done: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+    """The job once ``done(job)`` holds, or as it is after ``timeout`` seconds.
+
+    Re-reads the job whenever the hub reports a change (or, without change
+    streams, every poll interval). Raises like ``queue.get``.
+    """
+    clock = asyncio.get_running_loop().time
+    deadline = clock() + timeout
+    with hub.subscribe(object_id(job_id)) as subscription:
+        job = await get(db, job_id, user=user)  # read after subscribing: no change slips by
+        while not done(job) and (remaining := deadline - clock()) > 0:
+            if await subscription.get(remaining) is not None:
+                job = await get(db, job_id, user=user)
+    return job

@@ -116,6 +116,7 @@ class Hub:
                 await self._task
             self._task = None
         self.live = False
+        self._resync_all()
 
     def subscribe(self, job_id: Any) -> Subscription:
         """Start receiving the events of ``job_id``; close the subscription when done."""

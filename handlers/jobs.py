@@ -1,13 +1,12 @@
 """The job API (core4 style): thin handlers over ``core`` — parse arguments, call, shape the reply."""
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from typing import Any
 
 from core import journal, logs, queue, registry, stats
 from core.errors import BadArgument
-from core.follow import follow
+from core.follow import follow, wait_for
 from core.job import OPTIONS
 from core.states import FINAL
 from tornado.web import HTTPError
@@ -51,28 +50,21 @@ class _JobBase(SSEHandler):
     def reply_page(self, page: Any) -> None:
         self.reply(page.items, **page.envelope_fields())
 
-    async def stopped(self, job: dict[str, Any]) -> dict[str, Any]:
-        """``job`` after a kill or removal: once its worker has ended it, if it was running.
+    async def stopped(self, job: dict[str, Any]) -> None:
+        """Reply ``job`` after a kill or removal, once its worker has ended it if it was running.
 
         A running job is only marked; its worker (or, if that died, the reaper
         once the lease expired) ends it. Waiting for that lets a client restart
         it right after the reply, as the core4 walkthrough does.
         """
-        if job["state"] in FINAL:
-            return job
-        config = self.services.config
-        return await self.until_final(job["_id"], config.kill_grace_seconds + config.lease_seconds)
-
-    async def until_final(self, job_id: Any, timeout: float) -> dict[str, Any]:
-        """The job once it is final, or as it is after ``timeout`` seconds."""
-        db, user, loop = self.services.db, self.current_user, asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        with self.services.hub.subscribe(job_id) as subscription:
-            job = await queue.get(db, job_id, user=user)  # read after subscribing: no change slips by
-            while job["state"] not in FINAL and (remaining := deadline - loop.time()) > 0:
-                if await subscription.get(remaining) is not None:
-                    job = await queue.get(db, job_id, user=user)
-        return job
+        if job["state"] not in FINAL and self.arg("wait", bool, True):
+            config = self.services.config
+            job = await self.unless_gone(wait_for(
+                self.services.db, job["_id"], user=self.current_user, hub=self.services.hub,
+                done=lambda j: j["state"] in FINAL, timeout=config.kill_grace_seconds + config.lease_seconds))
+            if job is None:
+                return  # the client left
+        self.reply(job)
 
     async def follow_job(self, job_id: Any, *, states: bool = True) -> None:
         version, seq = self.last_event_id()
@@ -166,9 +158,8 @@ class DetailHandler(_JobBase):
         self.reply(await queue.get(self.services.db, job_id, user=self.current_user))
 
     async def delete(self, job_id: str) -> None:
-        wait = self.arg("wait", bool, True)  # checked before anything is done
-        job = await queue.remove(self.services.db, job_id, user=self.current_user)
-        self.reply(await self.stopped(job) if wait else job)
+        self.arg("wait", bool, True)  # a bad value is refused before anything is done
+        await self.stopped(await queue.remove(self.services.db, job_id, user=self.current_user))
 
 
 class ReadDetailHandler(_JobBase):
@@ -220,18 +211,13 @@ class PollHandler(_JobBase):
         if not 1 <= timeout <= 300:
             raise BadArgument(f"timeout must be between 1 and 300 seconds, got {timeout:g}")
         db, user = self.services.db, self.current_user
-        job = await queue.get(db, job_id, user=user)
-        if version is None and state is None:
-            version = job["version"]  # nothing given: wait for the next change
-        deadline = asyncio.get_running_loop().time() + timeout
-        with self.services.hub.subscribe(job["_id"]) as subscription:
-            while not self._changed(job, version, state) and job["state"] not in FINAL:
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    break
-                if await subscription.get(remaining) is not None:
-                    job = await queue.get(db, job["_id"], user=user)
-        self.reply(job)
+        if version is None and state is None:  # nothing given: wait for the next change
+            version = (await queue.get(db, job_id, user=user))["version"]
+        job = await self.unless_gone(wait_for(
+            db, job_id, user=user, hub=self.services.hub, timeout=timeout,
+            done=lambda j: self._changed(j, version, state) or j["state"] in FINAL))
+        if job is not None:
+            self.reply(job)
 
     @staticmethod
     def _changed(job: dict[str, Any], version: int | None, state: str | None) -> bool:
@@ -245,9 +231,8 @@ class KillHandler(_JobBase):
                      (_WAIT,), reply="Job", errors=(400, 401, 403, 404, 409))}
 
     async def put(self, job_id: str) -> None:
-        wait = self.arg("wait", bool, True)  # checked before anything is done
-        job = await queue.kill(self.services.db, job_id, user=self.current_user)
-        self.reply(await self.stopped(job) if wait else job)
+        self.arg("wait", bool, True)  # a bad value is refused before anything is done
+        await self.stopped(await queue.kill(self.services.db, job_id, user=self.current_user))
 
 
 class RemoveHandler(_JobBase):
@@ -257,9 +242,8 @@ class RemoveHandler(_JobBase):
                      errors=(400, 401, 403, 404, 409))}
 
     async def put(self, job_id: str) -> None:
-        wait = self.arg("wait", bool, True)  # checked before anything is done
-        job = await queue.remove(self.services.db, job_id, user=self.current_user)
-        self.reply(await self.stopped(job) if wait else job)
+        self.arg("wait", bool, True)  # a bad value is refused before anything is done
+        await self.stopped(await queue.remove(self.services.db, job_id, user=self.current_user))
 
 
 class RestartHandler(_JobBase):

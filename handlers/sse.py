@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Iterator, TypeVar
 
 from tornado.iostream import StreamClosedError
 
@@ -26,6 +26,8 @@ from core.follow import Event, parse_event_id
 from handlers.base import BaseHandler
 
 __all__ = ["SSEHandler", "format_event"]
+
+T = TypeVar("T")
 
 
 # The hub hands the same document to every follower of a job: serialise it
@@ -54,9 +56,37 @@ def format_event(event: Event | None) -> str:
 
 
 class SSEHandler(BaseHandler):
-    """A handler that can answer with an event stream."""
+    """A handler that can answer with an event stream, or wait long for a client.
 
-    _pump: asyncio.Task[None] | None = None
+    Whatever it waits on is cancelled the moment the client goes away, so no
+    subscription outlives its request.
+    """
+
+    _waiting: asyncio.Task[Any] | None = None
+    _gone = False
+
+    @contextlib.contextmanager
+    def _cancelled_on_close(self) -> Iterator[None]:
+        self._waiting = asyncio.current_task()
+        try:
+            yield
+        finally:
+            self._waiting = None
+
+    def on_connection_close(self) -> None:
+        self._gone = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    async def unless_gone(self, awaitable: Awaitable[T]) -> T | None:
+        """Await ``awaitable``; ``None`` if the client left meanwhile (it is cancelled then)."""
+        with self._cancelled_on_close():
+            try:
+                return await awaitable
+            except asyncio.CancelledError:
+                if self._gone:
+                    return None
+                raise
 
     def last_event_id(self) -> tuple[int, int]:
         """(version, seq) to resume after: the ``Last-Event-ID`` header or ``last_event_id`` argument."""
@@ -74,21 +104,18 @@ class SSEHandler(BaseHandler):
             self.set_header("Cache-Control", "no-cache")
             self.set_header("X-Accel-Buffering", "no")
             self.write("retry: 2000\n\n")
-            self._pump = asyncio.current_task()
-            try:
-                self.write(format_event(first))
-                await self.flush()
-                async for event in events:
-                    self.write(format_event(event))
+            with self._cancelled_on_close():
+                try:
+                    self.write(format_event(first))
                     await self.flush()
-            except (StreamClosedError, asyncio.CancelledError):
-                return  # the client left; aclosing closes the subscription
-            finally:
-                self._pump = None
+                    async for event in events:
+                        self.write(format_event(event))
+                        await self.flush()
+                except StreamClosedError:
+                    return  # the client left; aclosing closes the subscription
+                except asyncio.CancelledError:
+                    if self._gone:
+                        return
+                    raise
         if not self._finished:
             self.finish()
-
-    def on_connection_close(self) -> None:
-        # Stop waiting for news at once, so the subscription goes with the client.
-        if self._pump is not None:
-            self._pump.cancel()

@@ -5,7 +5,6 @@ API, as an admin operator (``cli:<login>`` in the audit trail).
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sys
@@ -18,7 +17,7 @@ from core import journal, logs, queue, registry, stats
 from core.db import Database
 from core.encoding import dumps
 from core.errors import BadArgument, JobdeckError
-from core.follow import Event, follow
+from core.follow import Event, follow, wait_for
 from core.hub import Hub
 from jobdeck.cli import actor, cli, config_option, load_config, run_with_database
 from jobdeck.follow import Printer, exit_code
@@ -296,14 +295,9 @@ def _each(ids: tuple[str, ...], action: Any) -> None:
 
 async def _await_end(db: Database, job_id: Any, timeout: float) -> dict[str, Any]:
     """The job once it has ended (or as it is after ``timeout`` seconds)."""
-    deadline = asyncio.get_running_loop().time() + timeout
     async with _hub(db) as hub:
-        with hub.subscribe(job_id) as subscription:
-            while True:
-                job = await queue.get(db, job_id, user=_user())
-                if job["journal"] or asyncio.get_running_loop().time() > deadline:
-                    return job
-                await subscription.get(0.5)
+        return await wait_for(db, job_id, user=_user(), hub=hub, done=lambda job: job["journal"],
+                              timeout=timeout)
 
 
 def _stopper(stop: Any, verb: str, wait: bool):

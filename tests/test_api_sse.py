@@ -225,6 +225,30 @@ async def test_a_silent_stream_sends_keepalive_comments(config: Config, db: Data
     assert 0.2 < waited < 5
 
 
+async def test_without_change_streams_followers_poll_and_still_get_keepalives(
+        config: Config, db: Database, api: httpx.AsyncClient) -> None:
+    job_id = await enqueue(api)
+    polling_db = Database.connect(config.mongo_url, config.database)
+    await polling_db.setup(log_retention_days=1)
+    polling_db.change_streams = False  # as on a standalone server
+    slow = Server(config, polling_db, keepalive=0.3)
+    await slow.start()
+    seen: list[str] = []
+    try:
+        async with httpx.AsyncClient(base_url=slow.url, auth=AUTH, timeout=30) as http:
+            async with http.stream("GET", f"/job/follow/{job_id}") as response:
+                async with asyncio.timeout(20):
+                    async for line in response.aiter_lines():
+                        seen.append(line)
+                        if line == ": keepalive" and seen.count(": keepalive") == 1:
+                            assert (await api.put(f"/job/kill/{job_id}")).status_code == 200
+    finally:
+        await slow.stop()
+        await polling_db.close()
+    assert ": keepalive" in seen
+    assert seen[-2].startswith("data: ") and '"state": "killed"' in seen[-2]
+
+
 async def test_removing_a_followed_job_closes_its_stream_as_removed(server: Server, api: httpx.AsyncClient) -> None:
     job_id = await enqueue(api)
     follower = asyncio.create_task(events_of(api, "GET", f"/job/follow/{job_id}"))
@@ -385,6 +409,17 @@ async def test_long_poll_returns_as_soon_as_the_job_changes(
     assert time.monotonic() - started < 3  # woken by the claim, not by the 10 s timeout
     assert reply.json()["data"]["version"] > version
     assert reply.json()["data"]["_id"] == job_id
+
+
+async def test_a_long_poll_whose_client_leaves_drops_its_subscription_at_once(
+        server: Server, api: httpx.AsyncClient) -> None:
+    job_id = await enqueue(api)
+    version = (await api.get(f"/job/{job_id}")).json()["data"]["version"]
+    async with httpx.AsyncClient(base_url=server.url, auth=("admin", "hans")) as leaving:
+        poll = asyncio.create_task(leaving.get(f"/job/poll/{job_id}", params={"version": version, "timeout": 300}))
+        await wait_for(lambda: server.hub.subscribers == 1, timeout=10, message="the poll to wait")
+        poll.cancel()
+    await wait_for(lambda: server.hub.subscribers == 0, timeout=5, message="the poll's subscription to go")
 
 
 async def test_long_poll_of_an_unchanging_job_answers_after_the_timeout(api: httpx.AsyncClient) -> None:
