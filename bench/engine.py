@@ -17,31 +17,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import ROOT, database, percentile  # also puts the project on sys.path
 
 from bson import ObjectId  # noqa: E402
 
 from core import queue, registry  # noqa: E402
 from core.db import Database  # noqa: E402
-from core.embedded import EmbeddedServer  # noqa: E402
 from core.process import JobProcess  # noqa: E402
 
 NOOP = "jobs.example.NoopJob"
 # The writes one job costs at the least: enqueue (insert), claim, pid and
 # end (3 conditional updates), journal (insert), queue (delete), audit (insert).
 JOB_WRITES = {"insert": 3, "update": 3, "delete": 1}
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
 async def raw_costs(db: Database, count: int) -> dict[str, float]:
@@ -83,7 +74,7 @@ def start_worker(url: str, database: str, slots: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBDECK_")}
     env.update(JOBDECK_MONGO_URL=url, JOBDECK_DATABASE=database, JOBDECK_LOG_LEVEL="WARNING")
     return subprocess.Popen([sys.executable, "-m", "jobdeck", "worker", "--slots", str(slots)], env=env,
-                            cwd=Path(__file__).resolve().parent.parent)
+                            cwd=ROOT)
 
 
 async def wait_worker(db: Database) -> None:
@@ -124,12 +115,7 @@ async def throughput(db: Database, user: dict, count: int, url: str) -> tuple[fl
     return count / (last_end - first_claim), last_end - first_claim
 
 
-async def main(args: argparse.Namespace) -> None:
-    server = None
-    url = args.mongo_url
-    if not url:
-        server = EmbeddedServer(tempfile.mkdtemp(prefix="jobdeck-bench-"), storage=":memory:")
-        url = server.start(write_state=False)
+async def main(args: argparse.Namespace, url: str) -> None:
     db = Database.connect(url, f"bench_{ObjectId()}")
     try:
         await db.setup(log_retention_days=1)
@@ -170,8 +156,6 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         await db.client.drop_database(db.name)
         await db.close()
-        if server:
-            server.stop()
 
 
 if __name__ == "__main__":
@@ -180,4 +164,6 @@ if __name__ == "__main__":
     parser.add_argument("--samples", type=int, default=100, help="jobs for the latency run")
     parser.add_argument("--raw", type=int, default=1000, help="operations per raw measurement")
     parser.add_argument("--mongo-url", help="benchmark this server instead of an embedded one")
-    asyncio.run(main(parser.parse_args()))
+    arguments = parser.parse_args()
+    with database(arguments.mongo_url) as mongo_url:
+        asyncio.run(main(arguments, mongo_url))

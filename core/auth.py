@@ -18,7 +18,6 @@ credentials or a token (bearer header or login cookie):
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
 import math

@@ -30,7 +30,6 @@ import logging
 import os
 import secrets
 import socket
-import time
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from typing import Any, Callable
+from typing import Callable
 
 import click
 
