@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 import os
 import signal
 import sys
@@ -24,27 +23,13 @@ from core.db import Database
 from core.job import Job
 from core.states import State, transition
 from core.worker import Worker, reap_expired
+from tests.conftest import wait_for
 
 ADMIN = queue.operator("test")
 DUMMY = "jobs.example.DummyJob"
 ROOT = Path(__file__).resolve().parents[1]
 
 StartWorker = Callable[..., Awaitable[Worker]]
-
-
-async def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
-                   message: str = "condition") -> Any:
-    """Poll ``predicate`` (sync or async) until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {message}")
-        await asyncio.sleep(interval)
 
 
 async def finished(db: Database, job_id: ObjectId, timeout: float = 30.0) -> dict[str, Any]:
