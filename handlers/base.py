@@ -193,12 +193,6 @@ class BaseHandler(RequestHandler):
             raise BadArgument(f"argument {name!r}: expected {_KIND_NAMES.get(kind, kind.__name__)}, "
                               f"got {_shorten(value)}") from None
 
-    def object_id(self, value: str, what: str = "id") -> ObjectId:
-        """``value`` as an ObjectId; raises ``BadArgument`` for anything else."""
-        if not ObjectId.is_valid(value) or not isinstance(value, str) or len(value) != 24:
-            raise BadArgument(f"bad {what} {_shorten(value)}: expected 24 hexadecimal characters")
-        return ObjectId(value)
-
     # -- replies ---------------------------------------------------------
 
     def envelope(self, code: int, **fields: Any) -> dict[str, Any]:

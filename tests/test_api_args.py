@@ -7,6 +7,7 @@ from datetime import datetime
 import httpx
 import pytest
 
+from core import queue
 from handlers.app import ROUTES, Server
 from handlers.base import BaseHandler
 
@@ -35,7 +36,7 @@ class RequiredHandler(BaseHandler):
 
 class IdHandler(BaseHandler):
     def get(self, value: str) -> None:
-        self.reply(self.object_id(value, "job id"))
+        self.reply(queue.object_id(value))
 
 
 @pytest.fixture
