@@ -6,9 +6,9 @@ changed), ``log`` (each record exactly once, in ``seq`` order) and finally
 keepalive), and at once when the catch-up had nothing to send. It subscribes
 to the ``Hub`` before reading the database, so nothing falls between the past
 and the live part. Live events are used as they come when they are the next
-ones; whenever something is missing (a gap in
-``seq``, a subscriber that fell behind, a hub that restarted) it re-reads from
-the database by ``version`` and ``seq``. A follower resuming from an event id
+ones; whenever something is missing (a gap in ``seq``, a subscriber that fell
+behind, a hub that restarted) it re-reads from the database by ``version``
+and ``seq``. A follower resuming from an event id
 gets exactly what it has not seen, also across server restarts.
 """
 from __future__ import annotations
@@ -58,9 +58,10 @@ def _material(job: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Follower:
-    def __init__(self, db: Database, job_id: Any, user: dict[str, Any], states: bool,
-                 version: int, seq: int, batch: int) -> None:
-        self.db, self.job_id, self.user, self.states = db, job_id, user, states
+    """What one follower has sent so far, and turning news into its events."""
+
+    def __init__(self, db: Database, job_id: Any, states: bool, version: int, seq: int, batch: int) -> None:
+        self.db, self.job_id, self.states = db, job_id, states
         self.version, self.seq, self.batch = version, seq, batch
         self.counts = {"state": 0, "log": 0}
         self.sent: dict[str, Any] | None = None
@@ -109,7 +110,7 @@ async def follow(db: Database, job_id: Any, *, user: dict[str, Any], hub: Hub,
     ``queue.get``) before the first event.
     """
     job_id = object_id(job_id)
-    follower = _Follower(db, job_id, user, states, after_version, after_seq, batch)
+    follower = _Follower(db, job_id, states, after_version, after_seq, batch)
     clock = asyncio.get_running_loop().time
     quiet_since: float | None = None  # when the last thing was sent; None: nothing yet
     with hub.subscribe(job_id) as subscription:

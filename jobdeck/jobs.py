@@ -300,11 +300,18 @@ async def _await_end(db: Database, job_id: Any, timeout: float) -> dict[str, Any
                               timeout=timeout)
 
 
-def _stopper(stop: Any, verb: str, wait: bool):
+def _stop_timeout() -> float:
+    """How long a running job may take to stop: its kill grace, or its lease if its worker died."""
+    config = load_config()
+    return config.kill_grace_seconds + config.lease_seconds
+
+
+def _stopper(stop: Any, verb: str, wait: float | None):
+    """An action that kills or removes a job and, unless ``wait`` is None, waits that long for its end."""
     async def action(db: Database, job_id: str) -> str:
         job = await stop(db, job_id, user=_user())
-        if wait and job["state"] != "killed":
-            job = await _await_end(db, job["_id"], timeout=load_config().kill_grace_seconds + 30)
+        if wait is not None and job["state"] != "killed":
+            job = await _await_end(db, job["_id"], timeout=wait)
         return f"{job['_id']}: {verb}" if job["state"] == "killed" else f"{job['_id']}: {verb} requested ({job['state']})"
     return action
 
@@ -315,7 +322,7 @@ def _stopper(stop: Any, verb: str, wait: bool):
 @config_option
 def kill(job_ids: tuple[str, ...], no_wait: bool) -> None:
     """Kill live jobs; waits until running ones have stopped."""
-    _each(job_ids, _stopper(queue.kill, "killed", not no_wait))
+    _each(job_ids, _stopper(queue.kill, "killed", None if no_wait else _stop_timeout()))
 
 
 @cli.command()
@@ -324,7 +331,7 @@ def kill(job_ids: tuple[str, ...], no_wait: bool) -> None:
 @config_option
 def remove(job_ids: tuple[str, ...], no_wait: bool) -> None:
     """Remove live jobs (they are journaled as killed and flagged removed)."""
-    _each(job_ids, _stopper(queue.remove, "removed", not no_wait))
+    _each(job_ids, _stopper(queue.remove, "removed", None if no_wait else _stop_timeout()))
 
 
 @cli.command()

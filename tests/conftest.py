@@ -8,8 +8,11 @@ import inspect
 import os
 import socket
 import ssl
+import sys
+import textwrap
 import time
 import uuid
+from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import httpx
@@ -146,9 +149,13 @@ async def worker_factory(db: Database, config: Config,
     """``await worker_factory()`` starts an in-process worker on the test database (stopped at teardown)."""
     started: list[Worker] = []
 
-    async def start(*, slots: int = 4, kill_grace: float = 0.5) -> Worker:
-        worker = Worker(db, dataclasses.replace(config, heartbeat_seconds=0.5), classes=job_classes,
-                        slots=slots, kill_grace=kill_grace, shutdown_grace=0.2, poll_seconds=0.2)
+    async def start(*, slots: int = 4, kill_grace: float = 0.5, shutdown_grace: float = 0.2,
+                    lease_seconds: float | None = None, heartbeat_seconds: float = 0.5,
+                    poll_seconds: float = 0.2) -> Worker:
+        settings = dataclasses.replace(config, heartbeat_seconds=heartbeat_seconds,
+                                       lease_seconds=lease_seconds or config.lease_seconds)
+        worker = Worker(db, settings, classes=job_classes, slots=slots, kill_grace=kill_grace,
+                        shutdown_grace=shutdown_grace, poll_seconds=poll_seconds)
         await worker.start()
         started.append(worker)
         return worker
@@ -204,3 +211,32 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {message}")
         await asyncio.sleep(interval)
+
+
+def in_database(config: Config, work: Callable[[Database], Awaitable[Any]]) -> Any:
+    """Run ``work(db)`` on a fresh loop with a fresh client, the way the CLI does (for sync tests)."""
+    async def main() -> Any:
+        db = Database.connect(config.mongo_url, config.database)
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+    return asyncio.run(main())
+
+
+def make_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, modules: dict[str, str]) -> str:
+    """Write a uniquely named package of ``modules`` under ``tmp_path``, importable; return its name."""
+    name = f"testjobs_{uuid.uuid4().hex[:8]}"
+    package = tmp_path / name
+    package.mkdir()
+    (package / "__init__.py").write_text('"""Test jobs."""\n')
+    for module, source in modules.items():
+        (package / f"{module}.py").write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+def forget_package(name: str) -> None:
+    """Drop a test package's modules from ``sys.modules``."""
+    for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[module]

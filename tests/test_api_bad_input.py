@@ -8,9 +8,6 @@ entry).
 from __future__ import annotations
 
 import json
-import sys
-import textwrap
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +17,7 @@ import pytest
 from core import queue, registry
 from core.db import Database
 from handlers.app import ROUTES
+from tests.conftest import forget_package, make_package
 
 DUMMY = "jobs.example.DummyJob"
 OPERATOR = queue.operator("operator")
@@ -258,10 +256,7 @@ async def test_filters_as_json_text_in_the_query_string_work(deck):
 @pytest.fixture
 async def unique_job(db: Database, job_classes, tmp_path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The qual_name of a registered ``unique`` job class from a temporary job package."""
-    package = f"uniquejobs_{uuid.uuid4().hex[:8]}"
-    (tmp_path / package).mkdir()
-    (tmp_path / package / "__init__.py").write_text("")
-    (tmp_path / package / "once.py").write_text(textwrap.dedent('''
+    package = make_package(tmp_path, monkeypatch, {"once": '''
         from jobs import Job
 
 
@@ -272,12 +267,10 @@ async def unique_job(db: Database, job_classes, tmp_path, monkeypatch: pytest.Mo
 
             def execute(self, key: str = "a") -> None:
                 return None
-    '''))
-    monkeypatch.syspath_prepend(str(tmp_path))
+    '''})
     await registry.sync(db, registry.discover([package]))
     yield f"{package}.once.OnlyOnce"
-    for name in [m for m in sys.modules if m.startswith(package)]:
-        del sys.modules[name]
+    forget_package(package)
 
 
 async def test_enqueue_of_a_unique_job_twice_is_409_with_the_live_jobs_id(db, deck, unique_job):

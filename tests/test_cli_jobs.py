@@ -11,7 +11,6 @@ Two layers:
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -20,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import httpx
 import psutil
@@ -35,7 +34,7 @@ from core import registry
 from core.config import Config
 from core.db import Database
 from jobdeck.cli import cli
-from tests.conftest import clean_env, free_port, wait_until
+from tests.conftest import clean_env, free_port, in_database, wait_until
 from tests.test_embedded import processes_using
 
 T = TypeVar("T")
@@ -50,17 +49,6 @@ FAIL = "jobs.example.FailJob"
 # =====================================================================================
 # A. In process, through CliRunner, against the test database
 # =====================================================================================
-
-def in_database(config: Config, work: Callable[[Database], Awaitable[T]]) -> T:
-    """Run ``work(db)`` on a fresh loop with a fresh client, the way the CLI does."""
-    async def main() -> T:
-        db = Database.connect(config.mongo_url, config.database)
-        try:
-            return await work(db)
-        finally:
-            await db.close()
-    return asyncio.run(main())
-
 
 @pytest.fixture
 def run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, config: Config,

@@ -4,12 +4,11 @@ These are plain sync tests: the command line runs ``asyncio.run`` itself.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import pytest
 from click.testing import CliRunner, Result
@@ -20,6 +19,7 @@ from core import audit, users
 from core.config import Config
 from core.db import Database
 from jobdeck.cli import cli
+from tests.conftest import in_database
 
 T = TypeVar("T")
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -34,17 +34,6 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, config: Config) ->
     monkeypatch.chdir(tmp_path)
     yield
     in_database(config, lambda db: db.client.drop_database(config.database))
-
-
-def in_database(config: Config, work: Callable[[Database], Awaitable[T]]) -> T:
-    """Run ``work(db)`` on a fresh loop with a fresh client, the way the CLI does."""
-    async def main() -> T:
-        db = Database.connect(config.mongo_url, config.database)
-        try:
-            return await work(db)
-        finally:
-            await db.close()
-    return asyncio.run(main())
 
 
 def verifies(config: Config, name: str, password: str) -> bool:

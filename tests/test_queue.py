@@ -1,9 +1,6 @@
 """Queue operations without a worker: enqueue, get, kill, remove, restart, listing, stats, audit."""
 from __future__ import annotations
 
-import sys
-import textwrap
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -15,6 +12,7 @@ from core import journal, queue, registry, stats
 from core.db import Database
 from core.errors import BadArgument, Conflict, Forbidden, NotFound
 from core.states import State, transition
+from tests.conftest import forget_package, make_package
 
 ADMIN = queue.operator("test")
 READER = {"name": "reader", "roles": [], "perms": ["job:jobs.example.*:r"], "active": True}
@@ -34,10 +32,7 @@ async def qdb(db: Database) -> Database:
 @pytest.fixture
 async def unique_job(qdb: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The qual_name of a registered ``unique`` job class from a temporary job package."""
-    package = f"testjobs_{uuid.uuid4().hex[:8]}"
-    (tmp_path / package).mkdir()
-    (tmp_path / package / "__init__.py").write_text("")
-    (tmp_path / package / "only.py").write_text(textwrap.dedent('''
+    package = make_package(tmp_path, monkeypatch, {"only": '''
         from __future__ import annotations
 
         from jobs import Job
@@ -50,12 +45,10 @@ async def unique_job(qdb: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
             def execute(self, key: str = "a", n: int = 0) -> None:
                 return None
-    '''))
-    monkeypatch.syspath_prepend(str(tmp_path))
+    '''})
     await registry.sync(qdb, registry.discover([package]))
     yield f"{package}.only.OnlyOnce"
-    for name in [m for m in sys.modules if m.startswith(package)]:
-        del sys.modules[name]
+    forget_package(package)
 
 
 async def running(db: Database, job: dict[str, Any]) -> dict[str, Any]:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import textwrap
-import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,6 +14,7 @@ from core.errors import BadArgument, NotFound
 import jobs.example
 from jobs import Job
 from jobs.example import DeferJob, DummyJob
+from tests.conftest import make_package
 
 ADMIN = queue.operator("test")
 EXAMPLES = {f"jobs.example.{name}" for name in jobs.example.__all__}
@@ -56,18 +55,6 @@ class _Private(Job):
 BROKEN_MODULE = '''
 raise RuntimeError("this job module is broken on purpose")
 '''
-
-
-def make_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, modules: dict[str, str]) -> str:
-    """Write a uniquely named package of ``modules`` under ``tmp_path``, importable; return its name."""
-    name = f"testjobs_{uuid.uuid4().hex[:8]}"
-    package = tmp_path / name
-    package.mkdir()
-    (package / "__init__.py").write_text('"""Test jobs."""\n')
-    for module, source in modules.items():
-        (package / f"{module}.py").write_text(textwrap.dedent(source))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return name
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 import signal
 import sys
@@ -17,7 +18,7 @@ from bson import ObjectId
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
-from core import queue, registry
+from core import queue
 from core.config import Config
 from core.db import Database
 from core.job import Job
@@ -79,31 +80,9 @@ async def enqueue(db: Database, qual_name: str = DUMMY, args: dict[str, Any] | N
 
 
 @pytest.fixture
-async def classes(db: Database) -> dict[str, type[Job]]:
-    found = registry.discover()
-    await registry.sync(db, found)
-    return found
-
-
-@pytest.fixture
-async def start_worker(db: Database, config: Config, classes: dict[str, type[Job]]) -> AsyncIterator[StartWorker]:
-    """Start a worker on the test database (stopped at teardown if the test did not)."""
-    started: list[Worker] = []
-
-    async def start(*, slots: int = 2, kill_grace: float = 0.5, shutdown_grace: float = 0.2,
-                    lease_seconds: float = 5, heartbeat_seconds: float = 0.5, poll_seconds: float = 0.2) -> Worker:
-        worker = Worker(db, dataclasses.replace(config, lease_seconds=lease_seconds,
-                                                heartbeat_seconds=heartbeat_seconds),
-                        classes=classes, slots=slots, kill_grace=kill_grace, shutdown_grace=shutdown_grace,
-                        poll_seconds=poll_seconds)
-        await worker.start()
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.hurry()
-        await worker.stop()
+def start_worker(worker_factory: StartWorker) -> StartWorker:
+    """Start a worker on the test database (2 slots unless told; stopped at teardown)."""
+    return functools.partial(worker_factory, slots=2)
 
 
 # --- outcomes -----------------------------------------------------------------------------
@@ -225,7 +204,7 @@ async def own_client(config: Config, db: Database) -> AsyncIterator[tuple[Databa
 
 
 async def test_a_job_enqueued_before_the_change_stream_is_open_runs_at_once(
-        db: Database, config: Config, classes: dict[str, type[Job]], own_client: tuple[Database, str]) -> None:
+        db: Database, config: Config, job_classes: dict[str, type[Job]], own_client: tuple[Database, str]) -> None:
     # The worker's change stream opens in the background after start(). A job
     # enqueued after the first scan but before the stream is open must not
     # wait for the fallback timer (30 s with change streams). The server holds
@@ -235,7 +214,7 @@ async def test_a_job_enqueued_before_the_change_stream_is_open_runs_at_once(
     await db.client.admin.command({
         "configureFailPoint": "failCommand", "mode": {"times": 1},
         "data": {"failCommands": ["aggregate"], "appName": app, "blockConnection": True, "blockTimeMS": 2000}})
-    worker = ObservedWorker(worker_db, config, classes=classes, slots=1, poll_seconds=0.2)
+    worker = ObservedWorker(worker_db, config, classes=job_classes, slots=1, poll_seconds=0.2)
     await worker.start()
     try:
         await asyncio.wait_for(worker.scanned.wait(), 10)
@@ -249,9 +228,9 @@ async def test_a_job_enqueued_before_the_change_stream_is_open_runs_at_once(
 
 
 async def test_a_database_error_while_claiming_does_not_stop_the_worker_claiming(
-        db: Database, config: Config, classes: dict[str, type[Job]], own_client: tuple[Database, str]) -> None:
+        db: Database, config: Config, job_classes: dict[str, type[Job]], own_client: tuple[Database, str]) -> None:
     worker_db, app = own_client
-    worker = ObservedWorker(worker_db, dataclasses.replace(config, heartbeat_seconds=0.5), classes=classes,
+    worker = ObservedWorker(worker_db, dataclasses.replace(config, heartbeat_seconds=0.5), classes=job_classes,
                             slots=1, poll_seconds=0.2)
     await worker.start()
     try:
@@ -350,7 +329,7 @@ async def test_stopped_worker_puts_its_running_job_back_without_using_an_attempt
 
 
 async def test_stop_while_the_worker_is_claiming_returns_promptly(
-        db: Database, config: Config, classes: dict[str, type[Job]]) -> None:
+        db: Database, config: Config, job_classes: dict[str, type[Job]]) -> None:
     # A stop (or a wake-up) that arrives while claim() awaits the database
     # must not be lost: the claim loop would then sleep until its next timer
     # (30 s with change streams) before it noticed.
@@ -364,7 +343,7 @@ async def test_stop_while_the_worker_is_claiming_returns_promptly(
             await self.gate.wait()
             return await super().claim()
 
-    worker = GatedWorker(db, config, classes=classes, slots=1, shutdown_grace=0.2, poll_seconds=0.2)
+    worker = GatedWorker(db, config, classes=job_classes, slots=1, shutdown_grace=0.2, poll_seconds=0.2)
     await worker.start()
     stopping: asyncio.Task[None] | None = None
     try:
@@ -466,7 +445,7 @@ async def lost_job(db: Database, *, attempts: int = 1, killed: bool = False) -> 
                             locked={"worker": "ghost:1:abcd", "pid": 99999999, "at": old, "heartbeat": old})
 
 
-async def test_reap_expired_ends_a_lost_job_with_no_attempts_left_as_error(db: Database, classes: Any) -> None:
+async def test_reap_expired_ends_a_lost_job_with_no_attempts_left_as_error(db: Database, job_classes: Any) -> None:
     job = await lost_job(db)
 
     assert await reap_expired(db, 3) == 1
@@ -480,7 +459,7 @@ async def test_reap_expired_ends_a_lost_job_with_no_attempts_left_as_error(db: D
     assert await reap_expired(db, 3) == 0
 
 
-async def test_reap_expired_makes_a_lost_job_with_attempts_left_due_again(db: Database, classes: Any) -> None:
+async def test_reap_expired_makes_a_lost_job_with_attempts_left_due_again(db: Database, job_classes: Any) -> None:
     job = await lost_job(db, attempts=2)
 
     assert await reap_expired(db, 3) == 1
@@ -492,7 +471,7 @@ async def test_reap_expired_makes_a_lost_job_with_attempts_left_due_again(db: Da
     assert back["query_at"] <= datetime.now(timezone.utc)
 
 
-async def test_reap_expired_ends_a_lost_job_that_was_asked_to_die_killed(db: Database, classes: Any) -> None:
+async def test_reap_expired_ends_a_lost_job_that_was_asked_to_die_killed(db: Database, job_classes: Any) -> None:
     job = await lost_job(db, attempts=3, killed=True)
 
     assert await reap_expired(db, 3) == 1
@@ -502,7 +481,7 @@ async def test_reap_expired_ends_a_lost_job_that_was_asked_to_die_killed(db: Dat
     assert done["last_error"]["exception"] == "WorkerLost"
 
 
-async def test_reap_expired_leaves_jobs_with_a_fresh_lease_alone(db: Database, classes: Any) -> None:
+async def test_reap_expired_leaves_jobs_with_a_fresh_lease_alone(db: Database, job_classes: Any) -> None:
     job = await enqueue(db)
     now = datetime.now(timezone.utc)
     await transition(db, job, State.RUNNING, trial=1,
