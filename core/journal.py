@@ -1,11 +1,13 @@
 """Listing live and finished jobs, as a user may see them."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from core.errors import BadArgument
-from core.listing import Page, check_filter, check_sort, combine, paginate, search_filter, time_range
+from core.listing import (Page, check_filter, check_sort, check_text, combine, paginate, search_filter,
+                          time_range)
 from core.permissions import readable_filter
 from core.states import FINAL, LIVE
 
@@ -17,36 +19,51 @@ __all__ = ["list_queue", "list_journal", "state_filter"]
 _HIDDEN = {"unique_key": 0}
 
 
-def state_filter(states: str | Iterable[str] | None, allowed: frozenset[Any]) -> dict[str, Any]:
-    """``{"state": {"$in": [...]}}`` for names among ``allowed`` (comma-separated text or a list)."""
-    if states is None or states == "" or states == []:
-        return {"state": {"$in": sorted(s.value for s in allowed)}}
-    names = [n.strip() for n in states.split(",")] if isinstance(states, str) else list(states)
-    known = {s.value for s in allowed}
+def state_filter(states: str | Sequence[str] | None, allowed: frozenset[Any]) -> dict[str, Any]:
+    """``{"state": {"$in": [...]}}`` for names among ``allowed`` (comma-separated text or a list).
+
+    ``None``, ``""`` or an empty list means all of ``allowed``. Raises
+    ``BadArgument`` naming the first entry that is not one of them (a
+    non-string included), or if ``states`` is neither text nor a list.
+    """
+    known = sorted(s.value for s in allowed)
+    if states is None:
+        names = []
+    elif isinstance(states, str):
+        names = [n.strip() for n in states.split(",")] if states else []
+    elif isinstance(states, (list, tuple)):
+        names = list(states)
+    else:
+        raise BadArgument(f"state: expected comma-separated names or a list of them, "
+                          f"got {type(states).__name__}")
+    if not names:
+        return {"state": {"$in": known}}
     for name in names:
-        if name not in known:
-            raise BadArgument(f"state {name!r} is not one of {', '.join(sorted(known))}")
+        if not isinstance(name, str) or name not in known:
+            raise BadArgument(f"state {name!r} is not one of {', '.join(known)}")
     return {"state": {"$in": names}}
 
 
 async def list_queue(db: Database, *, user: dict[str, Any], filter: Any = None,
-                     state: str | Iterable[str] | None = None, search: str | None = None,
+                     state: str | Sequence[str] | None = None, search: str | None = None,
                      sort: Any = None, page: int = 0, per_page: int = 10) -> Page:
     """Live jobs the user may read, next to run first unless ``sort`` says otherwise."""
     query = combine(readable_filter(user), state_filter(state, LIVE), search_filter(search),
                     check_filter(filter or {}))
     order = check_sort(sort, default=(("priority", -1), ("_id", 1)))
-    return await paginate(db.queue, query, sort=order, page=page, per_page=per_page, projection=_HIDDEN)
+    return await paginate(db.queue, query, sort=order, page=page, per_page=per_page, projection=_HIDDEN,
+                          advice="narrow it with state, a search or a filter")
 
 
 async def list_journal(db: Database, *, user: dict[str, Any], filter: Any = None,
-                       state: str | Iterable[str] | None = None, qual_name: str | None = None,
+                       state: str | Sequence[str] | None = None, qual_name: str | None = None,
                        search: str | None = None, since: datetime | None = None,
                        until: datetime | None = None, sort: Any = None, page: int = 0,
                        per_page: int = 10) -> Page:
     """Finished jobs the user may read, newest first; ``since``/``until`` bound ``finished_at``."""
     query = combine(readable_filter(user), state_filter(state, FINAL), search_filter(search),
-                    {"qual_name": qual_name} if qual_name else {},
+                    {"qual_name": check_text(qual_name, "qual_name")} if qual_name else {},
                     time_range("finished_at", since, until), check_filter(filter or {}))
     order = check_sort(sort, default=(("finished_at", -1), ("_id", -1)))
-    return await paginate(db.journal, query, sort=order, page=page, per_page=per_page, projection=_HIDDEN)
+    return await paginate(db.journal, query, sort=order, page=page, per_page=per_page, projection=_HIDDEN,
+                          advice="narrow it with state, qual_name, since/until or a search")

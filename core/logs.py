@@ -44,7 +44,7 @@ async def read(db: Database, job_id: ObjectId, *, after: int = 0, limit: int = 1
 async def page(db: Database, job_id: ObjectId, *, page: int = 0, per_page: int = 100) -> Page:
     """A page of a job's records in ``seq`` order (check permission before calling)."""
     return await paginate(db.log, {"job_id": job_id}, sort=[("seq", 1)], page=page, per_page=per_page,
-                          projection={"_id": 0})
+                          projection={"_id": 0}, advice="try again later")
 
 
 class LogWriter:

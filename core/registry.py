@@ -256,4 +256,4 @@ async def list_page(db: Database, *, user: dict[str, Any], search: str | None = 
     query = combine({"valid": True}, readable_filter(user, EXECUTE, field="_id"), search_filter(search, "_id"),
                     check_filter(filter or {}, REGISTRY_FIELDS))
     return await paginate(db.registry, query, sort=check_sort(sort, REGISTRY_FIELDS, default=(("_id", 1),)),
-                          page=page, per_page=per_page)
+                          page=page, per_page=per_page, advice="narrow it with a search or a filter")

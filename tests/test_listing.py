@@ -1,16 +1,24 @@
 """core.listing: the filter allow-list, sort parsing, wildcard search, pagination."""
 from __future__ import annotations
 
+import fnmatch
+import random
+import re
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from bson import ObjectId
+from pymongo import AsyncMongoClient, monitoring
 
-from core import listing
-from core.errors import BadArgument
-from core.listing import (JOB_FIELDS, MAX_PER_PAGE, OPERATORS, check_filter, check_sort, combine,
-                          paginate, search_filter, time_range)
+from core import journal, listing, logs, queue, registry, stats
+from core.db import Database
+from core.errors import BadArgument, DatabaseUnavailable
+from core.listing import (JOB_FIELDS, MAX_PER_PAGE, MAX_WILDCARDS, OPERATORS, QUERY_TIMEOUT_MS,
+                          check_filter, check_sort, check_text, combine, paginate, search_filter,
+                          time_range)
+from core.states import FINAL, LIVE
 
 BASE = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
 QUAL_NAMES = ["jobs.example.DummyJob", "jobs.example.SleepJob", "jobs.report.Monthly",
@@ -243,6 +251,48 @@ def test_null_on_date_and_id_fields_is_kept():
         {"killed_at": None, "enqueued.parent_id": {"$eq": None}}
 
 
+def test_times_in_filters_come_back_in_utc():
+    five_hours_behind = timezone(timedelta(hours=-5))
+    checked = check_filter({"finished_at": "2026-11-24T11:00:00+01:00",
+                            "started_at": {"$lt": datetime(2026, 11, 24, 5, tzinfo=five_hours_behind)}})
+    for moment in (checked["finished_at"], checked["started_at"]["$lt"]):
+        assert (moment, moment.utcoffset()) == (BASE, timedelta(0))
+
+
+@pytest.mark.parametrize("query", [
+    {"finished_at": {"$gte": "0001-01-01T00:00:00+01:00"}},
+    {"finished_at": "9999-12-31T23:30:00-01:00"},
+    {"finished_at": {"$in": ["2026-11-24T10:00:00Z", "0001-01-01T00:00:00+01:00"]}},
+    {"finished_at": {"$lt": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))}},
+    {"args": {"at": datetime(9999, 12, 31, 23, 30, tzinfo=timezone(timedelta(hours=-1)))}},
+])
+def test_a_time_that_leaves_the_range_once_in_utc_is_rejected(query):
+    # The BSON encoder converts to UTC and would raise OverflowError: a 500.
+    with pytest.raises(BadArgument, match=r"filter: the time for '(finished_at|args)': .* is out of "
+                                          r"range once converted to UTC"):
+        check_filter(query)
+
+
+@pytest.mark.parametrize("query, message", [
+    ({"qual_name": "jobs.\ud800"}, r"the value of 'qual_name': 'jobs.\\ud800' is not valid Unicode"),
+    ({"tags": {"$in": ["ok", "\udfff"]}}, "the value of 'tags'"),
+    ({"args.\ud800": 1}, "bad field name"),
+    ({"args": {"\ud800": 1}}, "bad key"),
+])
+async def test_text_that_is_not_valid_unicode_is_rejected(db, query, message):
+    # JSON may spell a lone surrogate; the BSON encoder cannot: a 500.
+    with pytest.raises(UnicodeEncodeError):
+        await db.queue.find_one(query)
+    with pytest.raises(BadArgument, match=message):
+        check_filter(query)
+
+
+@pytest.mark.parametrize("value", [None, 3, ["a"], {"$where": "1"}])
+def test_check_text_wants_a_string(value):
+    with pytest.raises(BadArgument, match="qual_name: expected a string"):
+        check_text(value, "qual_name")
+
+
 # ---------------------------------------------------------------- filters against the database
 
 async def test_equality_filter_finds_matching_jobs(db, docs):
@@ -327,6 +377,11 @@ def test_sort_uses_the_given_default():
     (3, "expected a string, a list or an object"),
     ("priority,-priority", "'priority' is given twice"),
     ("-", "field names must be non-empty"),
+    ("args.\ud800", "bad field name"),
+    ({"priority": [1]}, "direction for 'priority' must be 1 or -1"),
+    ([["priority", {}]], "direction for 'priority' must be 1 or -1"),
+    ([[["priority"], 1]], "field names must be non-empty strings"),
+    ({"priority": 10 ** 30}, "direction for 'priority' must be 1 or -1"),
 ])
 def test_sort_errors_name_the_problem(sort, message):
     with pytest.raises(BadArgument, match=message):
@@ -379,6 +434,100 @@ async def test_search_regex_metacharacters_are_literal(db, docs):
     assert await search(db, "[a-z]") == []
 
 
+def test_search_must_be_valid_text():
+    with pytest.raises(BadArgument, match="search: expected a string, got list"):
+        search_filter(["dummy"])
+    with pytest.raises(BadArgument, match="search: .* is not valid Unicode"):
+        search_filter("dummy\ud800")
+
+
+async def test_search_for_a_nul_byte_spells_it_as_an_escape(db):
+    # MongoDB refuses a $regex holding a NUL byte (secantusd does not).
+    await db.queue.insert_many([{"qual_name": "a\x00b"}, {"qual_name": "ab"}])
+    for text in ("a\x00b", "a\x00*"):
+        assert "\x00" not in search_filter(text)["qual_name"]["$regex"]
+        assert await search(db, text) == ["a\x00b"]
+
+
+def test_runs_of_stars_count_as_one():
+    assert search_filter("jobs.***.Dummy**") == search_filter("jobs.*.Dummy*")
+    assert search_filter("*" * 30 + "x") == search_filter("*x")
+
+
+@pytest.mark.parametrize("text", ["*a" * 8, "?" * 8, "*?" * 4, "a**?***b" * 2 + "??", "x" + "*" * 30 + "y"])
+def test_search_with_8_wildcards_is_allowed(text):
+    assert search_filter(text)
+
+
+@pytest.mark.parametrize("text, count", [("*a" * 9, 9), ("?" * 9, 9), ("*?" * 5, 10), ("a**?***b" * 3, 9)])
+def test_search_with_more_than_8_wildcards_is_rejected(text, count):
+    with pytest.raises(BadArgument, match=f"search: at most 8 wildcards .*, got {count}$"):
+        search_filter(text)
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("dummy", r"^(?>.*?dummy)"),
+    ("jobs.*", r"^jobs\."),
+    ("*Job", r"^.*Job\z"),
+    ("a?b", r"^a.b\z"),
+    ("*a*b?*c", r"^(?>.*?a)(?>.*?b.).*c\z"),
+    ("*", r"^"),
+])
+def test_search_pattern_commits_to_each_segment(text, pattern):
+    # One unbounded repeat per '*', each but the last inside an atomic group:
+    # nothing for the regex engine to backtrack into.
+    assert search_filter(text) == {"qual_name": {"$regex": pattern, "$options": "is"}}
+
+
+GLOB_CHARS = "aAb.[]\\ \n*?"
+
+
+def fnmatch_search(text: str, value: str) -> bool:
+    """What ``text`` should find by glob rules: fnmatch, case-insensitive, '[' literal."""
+    glob = text.strip()
+    if "*" not in glob and "?" not in glob:
+        glob = f"*{glob}*"
+    return fnmatch.fnmatchcase(value.lower(), glob.lower().replace("[", "[[]"))
+
+
+async def test_search_matches_exactly_what_fnmatch_matches(db):
+    rng = random.Random(20261124)
+    values = ["", "a", "A", "ab", "a\nb", "*", "?", "a.b", "[ab]"] + [
+        "".join(rng.choice(GLOB_CHARS) for _ in range(rng.randint(0, 12))) for _ in range(200)]
+    await db.queue.insert_many([{"n": n, "qual_name": value} for n, value in enumerate(values)])
+    texts = ["*", "?", "*?*", "a*", "*a", "a*a", "?*?", "a?*b", "*a*b*", "[", "\n"] + [
+        "".join(rng.choice(GLOB_CHARS) for _ in range(rng.randint(1, 10))) for _ in range(400)]
+    checked = 0
+    for text in texts:
+        if re.sub(r"\*+", "*", text.strip()).count("*") + text.count("?") > MAX_WILDCARDS:
+            continue
+        found = await db.queue.find(search_filter(text), {"n": 1}).to_list()
+        assert sorted(doc["n"] for doc in found) == \
+            [n for n, value in enumerate(values) if fnmatch_search(text, value)], text
+        checked += 1
+    assert checked > 300
+
+
+SLOW_SEARCHES = ["*" * 13 + "x", "*" * 30 + "x", "*a" * 7 + "*b", "*a?" * 3 + "*b", "?*" * 3 + "a*b"]
+
+
+@pytest.mark.parametrize("text", SLOW_SEARCHES)
+async def test_searches_that_backtracked_for_minutes_return_at_once(db, text):
+    # The old pattern, one '.*' per star: '*************x' took 11 s against
+    # 'jobs.example.DummyJob', '*a*a*a*a*a*a*a*b' 30 s against 60 'a's (and
+    # stalled the whole embedded server meanwhile); 13 stars against 190
+    # 'a's, or 30 stars, would outlast any timeout.
+    names = ["jobs.example.DummyJob", "a" * 190, "a" * 190 + "b", "a" * 95 + "x" + "a" * 94 + "b"]
+    now = datetime.now(timezone.utc)
+    await db.journal.insert_many([{"qual_name": name, "state": "complete", "finished_at": now}
+                                  for name in names])
+    started = time.perf_counter()
+    page = await journal.list_journal(db, user=queue.operator("test"), search=text, per_page=100)
+    assert time.perf_counter() - started < 5
+    assert sorted(job["qual_name"] for job in page.items) == \
+        sorted(name for name in names if fnmatch_search(text, name))
+
+
 # ---------------------------------------------------------------- pagination
 
 async def test_page_figures_for_a_full_listing(db, docs):
@@ -406,6 +555,8 @@ async def test_minus_one_is_the_last_page(db, docs):
 async def test_page_before_the_first_is_rejected(db, docs):
     with pytest.raises(BadArgument, match="page -6 is before the first page"):
         await paginate(db.queue, {}, sort=check_sort(None), page=-6, per_page=7)
+    with pytest.raises(BadArgument, match=f"page {-10 ** 30} is before the first page"):
+        await paginate(db.queue, {}, sort=check_sort(None), page=-10 ** 30, per_page=7)
 
 
 async def test_page_beyond_the_end_is_empty(db, docs):
@@ -424,7 +575,7 @@ async def test_empty_listing_has_no_pages_and_minus_one_is_page_zero(db):
         await paginate(db.queue, {}, sort=check_sort(None), page=-2)
 
 
-@pytest.mark.parametrize("per_page", [0, -1, MAX_PER_PAGE + 1])
+@pytest.mark.parametrize("per_page", [0, -1, MAX_PER_PAGE + 1, 10 ** 30, -10 ** 30])
 async def test_per_page_outside_1_to_1000_is_rejected(db, per_page):
     with pytest.raises(BadArgument, match=f"per_page must be between 1 and 1000, got {per_page}"):
         await paginate(db.queue, {}, sort=check_sort(None), per_page=per_page)
@@ -467,6 +618,132 @@ async def test_projection_limits_the_fields(db, docs):
     assert set(page.items[0]) == {"_id", "qual_name"}
 
 
+# ---------------------------------------------------------------- the time limit
+
+READER = {"name": "reader", "roles": [], "perms": ["job:jobs.*:x"], "active": True}
+JOB_ID = ObjectId()
+LISTINGS = {
+    "queue": lambda db: journal.list_queue(db, user=READER),
+    "journal": lambda db: journal.list_journal(db, user=READER),
+    "registry": lambda db: registry.list_page(db, user=READER),
+    "log": lambda db: logs.page(db, JOB_ID),
+    "stats": lambda db: stats.stats(db, user=READER, lease_seconds=5),
+    "workers": lambda db: stats.workers(db, user=READER, lease_seconds=5),
+}
+
+
+@pytest.fixture
+async def everything(db: Database) -> None:
+    """Something for every listing to find: a running and a finished job, the registry, a log record, a worker."""
+    now = datetime.now(timezone.utc)
+    running = {"_id": JOB_ID, "qual_name": "jobs.example.DummyJob", "state": "running", "priority": 0,
+               "enqueued": {"at": now}, "locked": {"worker": "w1"}}
+    await db.queue.insert_one(running)
+    await db.journal.insert_one({**running, "_id": ObjectId(), "state": "complete", "finished_at": now})
+    await registry.sync(db, registry.discover())
+    await db.log.insert_one({"job_id": JOB_ID, "seq": 1, "created": now, "level": "INFO", "message": "hi"})
+    await db.worker.insert_one({"_id": "w1", "heartbeat": now, "running": [str(JOB_ID)],
+                                "jobs": ["jobs.example.DummyJob"]})
+
+
+class ReadCommands(monitoring.CommandListener):
+    """The ``maxTimeMS`` of each read command a client sends, by command name."""
+
+    def __init__(self) -> None:
+        self.limits: list[tuple[str, Any]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name in ("find", "aggregate", "count", "distinct"):
+            self.limits.append((event.command_name, event.command.get("maxTimeMS")))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@pytest.mark.parametrize("listing_name", LISTINGS)
+async def test_every_query_of_a_listing_has_a_time_limit(config, db, everything, listing_name):
+    reads = ReadCommands()
+    client: AsyncMongoClient = AsyncMongoClient(config.mongo_url, tz_aware=True, tzinfo=timezone.utc,
+                                                event_listeners=[reads])
+    try:
+        await LISTINGS[listing_name](Database(client, config.database))
+    finally:
+        await client.close()
+    assert "find" in {name for name, _ in reads.limits}
+    assert reads.limits == [(name, QUERY_TIMEOUT_MS) for name, _ in reads.limits]
+
+
+@pytest.fixture
+async def max_time_always_times_out(db: Database) -> Any:
+    """mongod's fail point: the next query that has a time limit is stopped, whatever the limit."""
+    await db.client.admin.command("configureFailPoint", "maxTimeAlwaysTimeOut", mode={"times": 1})
+    yield
+    await db.client.admin.command("configureFailPoint", "maxTimeAlwaysTimeOut", mode="off")
+
+
+@pytest.mark.parametrize("listing_name, message", [
+    ("queue", "the listing took longer than 5 s and was stopped; narrow it with state, a search or a filter"),
+    ("journal", "the listing took longer than 5 s and was stopped; narrow it with state, qual_name, "
+                "since/until or a search"),
+    ("registry", "the listing took longer than 5 s and was stopped; narrow it with a search or a filter"),
+    ("log", "the listing took longer than 5 s and was stopped; try again later"),
+    ("stats", "counting the statistics took longer than 5 s and was stopped"),
+    ("workers", "listing the workers took longer than 5 s and was stopped"),
+])
+async def test_a_listing_the_database_stops_is_unavailable(db, everything, max_time_always_times_out,
+                                                          listing_name, message):
+    with pytest.raises(DatabaseUnavailable, match=f"^{re.escape(message)}$"):
+        await LISTINGS[listing_name](db)
+
+
+async def test_the_database_stops_a_listing_past_its_time_limit(db, monkeypatch):
+    # secantusd checks the deadline every 64 documents of a scan; a 1 ms
+    # budget runs out long before 3000 documents are matched.
+    await db.queue.insert_many([{"qual_name": f"jobs.n{n}", "state": "pending"} for n in range(3000)])
+    monkeypatch.setattr(listing, "QUERY_TIMEOUT_MS", 1)
+    with pytest.raises(DatabaseUnavailable, match="took longer than 0.001 s and was stopped"):
+        await paginate(db.queue, search_filter("*x*"), sort=check_sort(None))
+
+
+# ---------------------------------------------------------------- the listings' own arguments
+
+@pytest.mark.parametrize("states", [None, "", [], ()])
+def test_no_states_means_all_allowed_ones(states):
+    assert journal.state_filter(states, LIVE) == {"state": {"$in": sorted(s.value for s in LIVE)}}
+
+
+def test_states_as_text_or_a_list():
+    assert journal.state_filter("pending, running", LIVE) == {"state": {"$in": ["pending", "running"]}}
+    assert journal.state_filter(("complete",), FINAL) == {"state": {"$in": ["complete"]}}
+
+
+@pytest.mark.parametrize("states, message", [
+    ([{}], "state {} is not one of deferred, failed, pending, running"),
+    (["pending", ["running"]], "state ['running'] is not one of"),
+    ([None], "state None is not one of"),
+    ("pending,", "state '' is not one of"),
+    (["complete"], "state 'complete' is not one of"),
+    ({"pending": 1}, "state: expected comma-separated names or a list of them, got dict"),
+    (3, "state: expected comma-separated names or a list of them, got int"),
+])
+def test_a_bad_state_is_rejected_by_name(states, message):
+    with pytest.raises(BadArgument, match=re.escape(message)):
+        journal.state_filter(states, LIVE)
+
+
+@pytest.mark.parametrize("qual_name, message", [
+    ({"$where": "sleep(100)"}, "qual_name: expected a string, got dict"),
+    (["jobs.example.DummyJob"], "qual_name: expected a string, got list"),
+    ("jobs.\ud800", "qual_name: 'jobs.\\ud800' is not valid Unicode"),
+])
+async def test_journal_qual_name_must_be_text(db, qual_name, message):
+    with pytest.raises(BadArgument, match=re.escape(message)):
+        await journal.list_journal(db, user=queue.operator("test"), qual_name=qual_name)
+
+
 # ---------------------------------------------------------------- time_range and combine
 
 def test_time_range_with_both_bounds():
@@ -492,6 +769,23 @@ def test_time_range_since_after_until_is_rejected():
 def test_time_range_rejects_a_non_time():
     with pytest.raises(BadArgument, match="since must be a time"):
         time_range("finished_at", "2026-11-24", None)
+
+
+def test_time_range_gives_bounds_in_utc():
+    one_hour_ahead = timezone(timedelta(hours=1))
+    bounds = time_range("finished_at", datetime(2026, 11, 24, 11, tzinfo=one_hour_ahead), None)
+    assert bounds == {"finished_at": {"$gte": BASE}}
+    assert bounds["finished_at"]["$gte"].utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize("name, moment", [
+    ("since", datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))),
+    ("until", datetime(9999, 12, 31, 23, 30, tzinfo=timezone(timedelta(hours=-1)))),
+])
+def test_time_range_rejects_a_time_that_leaves_the_range_in_utc(name, moment):
+    with pytest.raises(BadArgument, match=f"^{name}: {re.escape(moment.isoformat())} is out of range "
+                                          "once converted to UTC"):
+        time_range("finished_at", **{"since": None, "until": None, name: moment})
 
 
 async def test_time_range_selects_documents(db, docs):
