@@ -46,6 +46,8 @@ _INDEXES: dict[str, list[IndexModel]] = {
     "audit": [
         IndexModel([("at", DESCENDING)], name="at"),
         IndexModel([("target", ASCENDING), ("at", DESCENDING)], name="target"),
+        # Deletes an entry at its ``expires`` date (failed logins); entries without one stay.
+        IndexModel([("expires", ASCENDING)], name="expires", expireAfterSeconds=0),
     ],
 }
 

@@ -70,6 +70,15 @@ def _check_password(password: str) -> str:
     return password
 
 
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (a JSON string may hold a lone surrogate, which does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def public(user: dict[str, Any]) -> dict[str, Any]:
     """The user as shown to clients: everything but the hash and internals."""
     return {key: user.get(key) for key in _PUBLIC_FIELDS}
@@ -197,8 +206,11 @@ async def remove(db: Database, name: str, *, actor: str) -> None:
 async def verify_password(db: Database, user: dict[str, Any] | None, password: str) -> bool:
     """Check ``password`` against ``user``'s hash off the loop; rehash old schemes.
 
-    With ``user=None`` a dummy hash is verified so the call takes as long.
+    With ``user=None`` a dummy hash is verified so the call takes as long. A
+    password no user can have (too long, or not UTF-8) is wrong at once.
     """
+    if len(password) > _MAX_PASSWORD or not _is_utf8(password):
+        return False  # argon2 would raise on it; answering at once says nothing about the user
     if user is None:
         await run_blocking(PASSWORDS.verify, password, _dummy_hash())
         return False
