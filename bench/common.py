@@ -47,12 +47,17 @@ def database(url: str | None) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def jobdeck_server(url: str, database_name: str, *, password: str = "bench") -> Iterator[tuple[str, subprocess.Popen]]:
-    """A ``jobdeck serve`` process on a free port; yields (API base URL, process)."""
+def jobdeck_server(url: str, database_name: str, *, password: str = "bench",
+                   **settings: object) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A ``jobdeck serve`` process on a free port; yields (API base URL, process).
+
+    ``settings`` are configuration keys, e.g. ``max_streams_per_user=2000``.
+    """
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBDECK_")}
     env.update(JOBDECK_MONGO_URL=url, JOBDECK_DATABASE=database_name, JOBDECK_PORT=str(port),
                JOBDECK_ADMIN_PASSWORD=password, JOBDECK_LOG_LEVEL="WARNING")
+    env.update({f"JOBDECK_{key.upper()}": str(value) for key, value in settings.items()})
     process = subprocess.Popen([sys.executable, "-m", "jobdeck", "serve"], env=env, cwd=ROOT)
     base = f"http://127.0.0.1:{port}/api/v1"
     try:

@@ -11,17 +11,19 @@ with ``retry: 2000`` first and a ``: keepalive`` comment after
 makes a slow client slow down its own follower (which then catches up from the
 database) instead of growing a buffer. When the client goes away, the stream
 is cancelled at once and its hub subscription closed.
+
+Nothing is cached here: an event's JSON is the hub's, made once for every
+follower of a change (``Event.json``), or made for this follower alone and
+dropped once written. Between events the handler holds none of them.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import OrderedDict
 from typing import Any, AsyncIterator, Awaitable, Iterator, TypeVar
 
 from tornado.iostream import StreamClosedError
 
-from core.encoding import dumps
 from core.follow import Event, parse_event_id
 from handlers.base import BaseHandler
 
@@ -30,29 +32,11 @@ __all__ = ["SSEHandler", "format_event"]
 T = TypeVar("T")
 
 
-# The hub hands the same document to every follower of a job: serialise it
-# once, not once per follower. Keyed by identity; the entry keeps the document
-# alive, so an id cannot be reused while it is cached.
-_JSON_CACHE: OrderedDict[int, tuple[Any, str]] = OrderedDict()
-_JSON_CACHE_SIZE = 4096
-
-
-def _json(data: Any) -> str:
-    cached = _JSON_CACHE.get(id(data))
-    if cached is not None and cached[0] is data:
-        return cached[1]
-    text = dumps(data)
-    _JSON_CACHE[id(data)] = (data, text)
-    if len(_JSON_CACHE) > _JSON_CACHE_SIZE:
-        _JSON_CACHE.popitem(last=False)
-    return text
-
-
 def format_event(event: Event | None) -> str:
     """The wire form of one event (``None``: a keepalive comment)."""
     if event is None:
         return ": keepalive\n\n"
-    return f"id: {event.id}\nevent: {event.kind}\ndata: {_json(event.data)}\n\n"
+    return f"id: {event.id}\nevent: {event.kind}\ndata: {event.json()}\n\n"
 
 
 class SSEHandler(BaseHandler):
@@ -107,9 +91,11 @@ class SSEHandler(BaseHandler):
             with self._cancelled_on_close():
                 try:
                     self.write(format_event(first))
+                    first = None  # held by nothing while the stream lasts: it may be a large document
                     await self.flush()
                     async for event in events:
                         self.write(format_event(event))
+                        event = None  # nor while the next one is awaited
                         await self.flush()
                 except StreamClosedError:
                     return  # the client left; aclosing closes the subscription

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
+from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
+from bson import ObjectId
 from httpx_sse import EventSource, ServerSentEvent, aconnect_sse
 
 from core.config import Config
@@ -206,6 +209,26 @@ async def test_resume_after_a_server_restart_loses_and_repeats_nothing(
 
 # --- quiet streams, removal ---------------------------------------------------------------
 
+async def test_a_lease_renewal_alone_sends_no_state_event(db: Database, api: httpx.AsyncClient) -> None:
+    job_id = await enqueue(api)  # pending, and nobody runs it: only this test writes it
+    writes = [{"$set": {"locked": {"worker": "w1", "heartbeat": datetime.now(timezone.utc)}}},
+              {"$set": {"locked.heartbeat": datetime.now(timezone.utc)}},  # a renewal: not news
+              {"$set": {"prog": {"value": 0.5, "message": "half"}}}]
+
+    states = []
+    async with asyncio.timeout(10), aconnect_sse(api, "GET", f"/job/follow/{job_id}") as source:
+        async for event in sse(source):
+            states.append(event.json())
+            if len(states) == 1:
+                for write in writes:  # as a worker writes: one version per write
+                    await db.queue.update_one({"_id": ObjectId(job_id)}, {**write, "$inc": {"version": 1}})
+            if len(states) == 3:
+                break
+
+    assert [state["version"] for state in states] == [1, 2, 4]
+    assert states[1]["locked"]["worker"] == "w1" and states[2]["prog"]["message"] == "half"
+
+
 async def test_a_silent_stream_sends_keepalive_comments(config: Config, db: Database,
                                                         api: httpx.AsyncClient) -> None:
     job_id = await enqueue(api)  # pending, and nobody runs it
@@ -333,11 +356,24 @@ async def _first_lines(response: httpx.Response, count: int) -> AsyncIterator[st
 
 # --- many followers -----------------------------------------------------------------------
 
-async def test_two_hundred_followers_of_one_job_all_receive_every_event(
-        server: Server, api: httpx.AsyncClient, worker_factory: Callable[..., Awaitable[Worker]]) -> None:
-    job_id = await enqueue(api, sleep=1, loop_time=0.2)
+@pytest.fixture
+async def roomy(config: Config, db: Database) -> AsyncIterator[Server]:
+    """A server that lets one user open 250 streams (the default is 50)."""
+    http = Server(dataclasses.replace(config, max_streams_per_user=250), db)
+    await http.start()
+    yield http
+    await http.stop()
 
-    async with httpx.AsyncClient(base_url=server.url, auth=AUTH, timeout=60,
+
+async def test_two_hundred_followers_of_one_job_all_receive_every_event(
+        roomy: Server, db: Database, api: httpx.AsyncClient,
+        worker_factory: Callable[..., Awaitable[Worker]]) -> None:
+    server = roomy
+    job_id = await enqueue(api, sleep=1, loop_time=0.2)
+    # A token: 200 first Basic logins at once would look like guessing to the throttle.
+    token, _ = server.auth.issue_token(await db.user.find_one({"name": "admin"}))
+
+    async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60,
                                  limits=httpx.Limits(max_connections=300)) as many:
         followers = asyncio.gather(*(events_of(many, "GET", f"/job/follow/{job_id}", deadline=60)
                                      for _ in range(200)))
