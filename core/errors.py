@@ -9,6 +9,7 @@
      ├── NotFound                404
      ├── Conflict                409
      ├── TooLarge                413
+     ├── UnsupportedMediaType    415
      ├── TooManyRequests         429
      ├── DatabaseUnavailable     503
      └── ConfigError               (a bad configuration; the CLI exits)
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 __all__ = [
     "JobdeckError", "BadArgument", "Unauthorized", "Forbidden", "NotFound",
-    "Conflict", "TooLarge", "TooManyRequests", "DatabaseUnavailable",
+    "Conflict", "TooLarge", "UnsupportedMediaType", "TooManyRequests", "DatabaseUnavailable",
     "ConfigError",
 ]
 
@@ -75,8 +76,14 @@ class TooLarge(JobdeckError):
     status = 413
 
 
+class UnsupportedMediaType(JobdeckError):
+    """Raised when a request that changes something sends a body that is not JSON."""
+
+    status = 415
+
+
 class TooManyRequests(JobdeckError):
-    """Raised when repeated login failures throttle a user or address."""
+    """Raised when login failures throttle a client, or a caller holds too many open streams."""
 
     status = 429
 

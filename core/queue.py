@@ -18,13 +18,13 @@ from pymongo.errors import DuplicateKeyError
 from core import audit, registry
 from core.errors import BadArgument, Conflict, NotFound
 from core.job import OPTIONS
-from core.permissions import EXECUTE, READ, require
+from core.permissions import EXECUTE, READ, may, require
 from core.states import FINAL, State, transition
 
 if TYPE_CHECKING:
     from core.db import Database
 
-__all__ = ["enqueue", "get", "find", "kill", "remove", "restart", "object_id", "operator", "check_options"]
+__all__ = ["enqueue", "get", "require_readable", "find", "kill", "remove", "restart", "object_id", "operator", "check_options"]
 
 _RETRIES = 20  # compare-and-set attempts before giving up on a busy job
 
@@ -134,26 +134,47 @@ async def find(db: Database, job_id: ObjectId) -> tuple[dict[str, Any] | None, b
     return job, job is not None  # finished, its move to the journal under way
 
 
+async def _readable(db: Database, job_id: ObjectId, user: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """``find``, for ``user``: a job it may not read is ``NotFound``, exactly like a missing one.
+
+    Ids are guessable, so a 403 would confirm that the job exists and name its class.
+    """
+    job, journaled = await find(db, job_id)
+    if job is None or not may(user, job["qual_name"], READ):
+        raise NotFound(f"no job {job_id}")
+    return job, journaled
+
+
 async def get(db: Database, job_id: Any, *, user: dict[str, Any]) -> dict[str, Any]:
     """One job, from queue or journal, with ``journal: true/false``.
 
-    Raises ``BadArgument`` for a malformed id, ``NotFound``, or ``Forbidden``
-    when the user may not read it.
+    Raises ``BadArgument`` for a malformed id, and ``NotFound`` for a missing
+    job or one the user may not read.
     """
     job_id = object_id(job_id)
-    job, journaled = await find(db, job_id)
-    if job is None:
-        raise NotFound(f"no job {job_id}")
-    require(user, job["qual_name"], READ)
+    job, journaled = await _readable(db, job_id, user)
     job.pop("unique_key", None)
     return {**job, "journal": journaled}
 
 
+async def require_readable(db: Database, job_id: Any, *, user: dict[str, Any]) -> None:
+    """Raise ``Forbidden`` unless ``user`` may (still) read the job.
+
+    For a request that has shown the job already and checks its rights again
+    (an open stream, a long poll): it reads the job's class only, and a lost
+    right is ``Forbidden``, not ``NotFound``. A job that is gone passes.
+    """
+    job_id = object_id(job_id)
+    for collection in (db.queue, db.journal):
+        job = await collection.find_one({"_id": job_id}, {"qual_name": 1})
+        if job is not None:
+            require(user, job["qual_name"], READ)
+            return
+
+
 async def _live(db: Database, job_id: ObjectId, user: dict[str, Any], action: str) -> dict[str, Any]:
     """The live job, checked for execute permission; ``Conflict`` if it has finished."""
-    job, journaled = await find(db, job_id)
-    if job is None:
-        raise NotFound(f"no job {job_id}")
+    job, journaled = await _readable(db, job_id, user)
     require(user, job["qual_name"], EXECUTE)
     if journaled or job["state"] in FINAL:
         removed = " (removed)" if job.get("removed_at") else ""
@@ -195,8 +216,9 @@ async def _stop(db: Database, job_id: Any, user: dict[str, Any], *, remove: bool
 async def kill(db: Database, job_id: Any, *, user: dict[str, Any]) -> dict[str, Any]:
     """Kill a live job: a waiting one ends ``killed`` at once, a running one as soon as its worker stops it.
 
-    Raises ``NotFound``, ``Forbidden``, or ``Conflict`` naming the final state
-    of a job that has already finished.
+    Raises ``NotFound`` (also for a job the user may not read), ``Forbidden``
+    (may read, not execute), or ``Conflict`` naming the final state of a job
+    that has already finished.
     """
     return await _stop(db, job_id, user, remove=False)
 
@@ -220,9 +242,7 @@ async def restart(db: Database, job_id: Any, *, user: dict[str, Any]) -> dict[st
     """
     job_id = object_id(job_id)
     for _ in range(_RETRIES):
-        job, journaled = await find(db, job_id)
-        if job is None:
-            raise NotFound(f"no job {job_id}")
+        job, journaled = await _readable(db, job_id, user)
         require(user, job["qual_name"], EXECUTE)
         state = State(job["state"])
         if state in (State.FAILED, State.DEFERRED):

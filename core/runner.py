@@ -129,7 +129,11 @@ def _outcome(job: Job, args: dict[str, Any]) -> dict[str, Any]:
         result = job.execute(**args)
         if inspect.isawaitable(result):
             result = asyncio.run(result)  # type: ignore[arg-type]
-        text = json.dumps(result)
+        try:
+            text = json.dumps(result, allow_nan=False)
+        except ValueError:  # NaN or Infinity: stored, they would make every reply invalid JSON
+            raise ValueError("the job's result is not JSON: it holds NaN or Infinity, which JSON cannot "
+                             "carry; return None or a string instead") from None
         if len(text) > RESULT_MAX_BYTES:
             raise ValueError(f"the job's result has {len(text)} bytes; the limit is {RESULT_MAX_BYTES}")
         return {"t": "result", "value": result}

@@ -4,8 +4,6 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from tornado.httpserver import HTTPServer
@@ -16,9 +14,9 @@ from core.auth import Authenticator, load_secret
 from core.config import Config
 from core.db import Database
 from core.hub import Hub
-from core.metrics import Metrics
 from handlers import jobs
 from handlers.base import NotFoundHandler
+from handlers.services import Services
 from handlers.system import (HealthHandler, LoginHandler, LogoutHandler, MetricsHandler, OpenAPIHandler,
                              WhoamiHandler)
 
@@ -55,21 +53,9 @@ ROUTES: list[tuple[str, type]] = [
 ]
 
 
-@dataclass
-class Services:
-    """What the handlers share: configuration, database, authenticator, hub, metrics."""
-
-    config: Config
-    db: Database
-    auth: Authenticator
-    hub: Hub
-    metrics: Metrics = field(default_factory=Metrics)
-    keepalive: float = 15.0
-    started: float = field(default_factory=time.monotonic)
-
-
 def make_app(services: Services, routes: list[tuple[str, type]] = ROUTES, **settings: Any) -> Application:
     """The application with every route mounted under each of ``PREFIXES``."""
+    services.routes = routes
     handlers = [(prefix + path + "/?", handler) for prefix in PREFIXES for path, handler in routes]
     return Application(handlers, default_handler_class=NotFoundHandler, services=services, **settings)
 
@@ -86,6 +72,7 @@ class Server:
         self.keepalive = keepalive
         self.hub = Hub(db)
         self.http: HTTPServer | None = None
+        self.services: Services | None = None
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -94,7 +81,7 @@ class Server:
             self.auth = Authenticator(self.db, await load_secret(self.db),
                                       token_seconds=self.config.token_hours * 3600)
         await self.hub.start()
-        services = Services(self.config, self.db, self.auth, self.hub, keepalive=self.keepalive)
+        self.services = services = Services(self.config, self.db, self.auth, self.hub, keepalive=self.keepalive)
         ssl_options = None
         if self.config.tls:
             ssl_options = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -13,6 +13,14 @@ Arguments come from the query string or a JSON (or form) body, for every
 method; ``arg()`` coerces them and raises ``BadArgument`` with the argument's
 name. The body is read only after authentication succeeded, and never beyond
 ``max_body_size`` (413).
+
+Cross-site requests (CSRF): a request that changes something (POST, PUT,
+DELETE) may carry a body only as ``application/json`` (forms too where a
+handler sets ``accepts_form``), else 415, so an HTML form or a ``text/plain``
+fetch from a foreign page cannot reach a handler. Such a request whose
+``Origin`` is neither the service's own nor one of ``cors_origins`` is 403;
+and when the login cookie authenticated it, it must prove where it came from
+(a matching ``Origin`` or ``Sec-Fetch-Site: same-origin``).
 """
 from __future__ import annotations
 
@@ -33,10 +41,11 @@ from tornado import httputil
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from core.encoding import dumps, isotime
-from core.errors import BadArgument, DatabaseUnavailable, JobdeckError, TooLarge, TooManyRequests, Unauthorized
+from core.errors import (BadArgument, DatabaseUnavailable, Forbidden, JobdeckError, TooLarge, TooManyRequests,
+                         Unauthorized, UnsupportedMediaType)
 
 if TYPE_CHECKING:
-    from handlers.app import Services
+    from handlers.services import Services
 
 __all__ = ["BaseHandler", "NotFoundHandler", "COOKIE", "MISSING"]
 
@@ -46,6 +55,9 @@ COOKIE = "jobdeck_token"
 MISSING: Any = object()
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+_UNSAFE = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+_JSON = "application/json"
+_FORM = "application/x-www-form-urlencoded"
 
 
 @stream_request_body
@@ -53,11 +65,15 @@ class BaseHandler(RequestHandler):
     """Authenticates in ``prepare``; subclasses read ``arg()`` and call ``reply()``."""
 
     auth_required = True
+    #: Whether a form body is accepted besides JSON (``/login``: a plain HTML form may log in).
+    accepts_form = False
 
     def initialize(self) -> None:
         self._chunks: list[bytes] = []
         self._body_size = 0
         self._args: dict[str, Any] | None = None
+        #: How ``current_user`` authenticated: ("basic", name, password) or ("token"|"cookie", token).
+        self.credentials: tuple[str, ...] | None = None
 
     @property
     def services(self) -> Services:
@@ -75,6 +91,7 @@ class BaseHandler(RequestHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Request-Id", str(self.request_id))
+        self.set_header("X-Content-Type-Options", "nosniff")
         self._set_cors_headers()
 
     def _set_cors_headers(self) -> None:
@@ -89,9 +106,58 @@ class BaseHandler(RequestHandler):
         limit = self.services.config.max_body_size
         if length and length.isdigit() and int(length) > limit:
             raise TooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")
-        if self.request.method == "OPTIONS" or not self.auth_required:
+        if self.request.method == "OPTIONS":
+            return
+        unsafe = self.request.method in _UNSAFE
+        if unsafe:
+            self._check_origin(strict=False)
+            self._check_content_type()
+        if not self.auth_required:
             return
         self.current_user = await self.authenticate()
+        if unsafe and self.credentials[0] == "cookie":
+            self._check_origin(strict=True)
+
+    # -- cross-site requests ---------------------------------------------
+
+    def _check_content_type(self) -> None:
+        """Refuse a body that a foreign page could send without a CORS preflight."""
+        length = self.request.headers.get("Content-Length")
+        if length == "0" or (length is None and "Transfer-Encoding" not in self.request.headers):
+            return  # no body
+        content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        allowed = (_JSON, _FORM) if self.accepts_form else (_JSON,)
+        if content_type not in allowed:
+            raise UnsupportedMediaType(
+                f"a {self.request.method} body must be sent as {' or '.join(allowed)}, "
+                f"not {content_type or 'without a Content-Type'}")
+
+    def own_origin(self) -> str:
+        """This service's origin as the client addressed it: ``http://host:port``."""
+        return f"{self.request.protocol}://{self.request.host}"
+
+    def _check_origin(self, *, strict: bool) -> None:
+        """Refuse a request from a foreign page: 403.
+
+        ``Origin`` must be the service's own or one of ``cors_origins``; without
+        it, ``Sec-Fetch-Site`` must not say cross-site or same-site. ``strict``
+        (the cookie authenticated the request) also refuses a request that
+        carries neither header, since only a browser sends the cookie by itself.
+        """
+        origin = self.request.headers.get("Origin")
+        site = self.request.headers.get("Sec-Fetch-Site")
+        if origin is not None:
+            if origin == self.own_origin() or origin in self.services.config.cors_origins:
+                return
+            raise Forbidden(f"cross-site request from origin {origin[:100]!r} refused; allowed: this "
+                            "service's own origin and cors_origins")
+        if site is not None:
+            if site in ("same-origin", "none"):
+                return
+            raise Forbidden(f"cross-site request refused (Sec-Fetch-Site: {site[:40]})")
+        if strict:
+            raise Forbidden("a request authenticated by the login cookie must send Origin (browsers do); "
+                            "scripts should use Basic auth or a Bearer token")
 
     def data_received(self, chunk: bytes) -> None:
         # Past the limit the rest is drained, not kept; arg() then raises 413.
@@ -110,22 +176,39 @@ class BaseHandler(RequestHandler):
     # -- authentication --------------------------------------------------
 
     async def authenticate(self) -> dict[str, Any]:
-        """The user behind Basic credentials, a Bearer token or the login cookie."""
-        auth = self.services.auth
+        """The user behind Basic credentials, a Bearer token or the login cookie (kept in ``credentials``)."""
         header = self.request.headers.get("Authorization")
         if header:
             scheme, _, value = header.strip().partition(" ")
             if scheme.lower() == "basic":
-                name, password = self.basic_credentials(value)
-                return await auth.password(name, password, address=self.request.remote_ip)
-            if scheme.lower() == "bearer":
-                return await auth.token(value.strip())
-            raise Unauthorized(f"unsupported Authorization scheme {scheme!r}; use Basic or Bearer")
-        cookie = self.get_cookie(COOKIE)
-        if cookie:
-            return await auth.token(cookie)
-        raise Unauthorized("authentication required: use Basic auth, a Bearer token, "
-                           "or the cookie set by POST /login")
+                self.credentials = ("basic", *self.basic_credentials(value))
+            elif scheme.lower() == "bearer":
+                self.credentials = ("token", value.strip())
+            else:
+                raise Unauthorized(f"unsupported Authorization scheme {scheme[:20]!r}; use Basic or Bearer")
+        elif cookie := self.get_cookie(COOKIE):
+            self.credentials = ("cookie", cookie)
+        else:
+            raise Unauthorized("authentication required: use Basic auth, a Bearer token, "
+                               "or the cookie set by POST /login")
+        return await self._check_credentials(recheck=False)
+
+    async def reauthenticate(self) -> dict[str, Any]:
+        """Check the request's credentials again (a long-lived request, some time later).
+
+        Returns the user as it is now; raises ``Unauthorized`` when the user
+        was disabled or removed, the password changed or the token expired.
+        """
+        self.current_user = await self._check_credentials(recheck=True)
+        return self.current_user
+
+    async def _check_credentials(self, *, recheck: bool) -> dict[str, Any]:
+        auth = self.services.auth
+        kind, *values = self.credentials
+        if kind == "basic":
+            name, password = values
+            return await auth.password(name, password, address=self.request.remote_ip, recheck=recheck)
+        return await auth.token(values[0])
 
     @staticmethod
     def basic_credentials(value: str) -> tuple[str, str]:
@@ -161,7 +244,7 @@ class BaseHandler(RequestHandler):
         if not body.strip():
             return {}
         content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if content_type == "application/x-www-form-urlencoded" and not body.lstrip().startswith(b"{"):
+        if content_type == _FORM and not body.lstrip().startswith(b"{"):
             try:
                 return {k: v[-1] for k, v in parse_qs(body.decode("utf-8"), strict_parsing=True).items()}
             except (UnicodeDecodeError, ValueError) as exc:
@@ -324,5 +407,6 @@ def _coerce(value: Any, kind: Any) -> Any:
         if not isinstance(value, str):
             raise TypeError
         moment = dateutil.parser.isoparse(value)
-        return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        # In UTC, as stored; raises OverflowError for a time that leaves datetime's range there.
+        return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
     return kind(value)

@@ -1,15 +1,18 @@
 """The job API (core4 style): thin handlers over ``core`` — parse arguments, call, shape the reply."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import datetime
-from typing import Any
+from typing import Any, AsyncIterator, Callable, ContextManager
+
+from tornado.web import HTTPError
 
 from core import journal, logs, queue, registry, stats
-from core.errors import BadArgument
-from core.follow import follow, wait_for
+from core.errors import BadArgument, Forbidden, NotFound, Unauthorized
+from core.follow import Event, follow, wait_for
 from core.job import OPTIONS
 from core.states import FINAL
-from tornado.web import HTTPError
 
 from handlers.base import BaseHandler
 from handlers.openapi import LIST_PARAMS, PAGE_PARAMS, Op, Param
@@ -50,6 +53,37 @@ class _JobBase(SSEHandler):
     def reply_page(self, page: Any) -> None:
         self.reply(page.items, **page.envelope_fields())
 
+    # -- long-lived requests: capped, and their rights re-checked ----------
+
+    def slot(self) -> ContextManager[None]:
+        """Hold one of the caller's open-stream slots (429 when none is free)."""
+        return self.services.streams.slot(self.current_user["name"])
+
+    async def recheck(self, job_id: Any) -> None:
+        """Check again that the caller may still read the job.
+
+        Raises ``Unauthorized`` (user disabled or removed, password changed,
+        token expired) or ``Forbidden`` (read permission revoked).
+        """
+        await queue.require_readable(self.services.db, job_id, user=await self.reauthenticate())
+
+    async def wait(self, job_id: Any, done: Callable[[dict[str, Any]], bool],
+                   timeout: float) -> dict[str, Any] | None:
+        """The job once ``done(job)``, or as it is after ``timeout`` s; None if the client left.
+
+        The caller's rights are re-checked every keepalive interval, so a
+        long wait ends with 401/403 as soon as they are gone.
+        """
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + timeout
+        while True:
+            job = await self.unless_gone(wait_for(
+                self.services.db, job_id, user=self.current_user, hub=self.services.hub, done=done,
+                timeout=min(self.services.keepalive, max(0.0, deadline - clock()))))
+            if job is None or done(job) or clock() >= deadline:
+                return job
+            await self.recheck(job_id)
+
     async def stopped(self, job: dict[str, Any]) -> None:
         """Reply ``job`` after a kill or removal, once its worker has ended it if it was running.
 
@@ -59,18 +93,42 @@ class _JobBase(SSEHandler):
         """
         if job["state"] not in FINAL and self.arg("wait", bool, True):
             config = self.services.config
-            job = await self.unless_gone(wait_for(
-                self.services.db, job["_id"], user=self.current_user, hub=self.services.hub,
-                done=lambda j: j["state"] in FINAL, timeout=config.kill_grace_seconds + config.lease_seconds))
+            with self.slot():
+                job = await self.wait(job["_id"], lambda j: j["state"] in FINAL,
+                                      config.kill_grace_seconds + config.lease_seconds)
             if job is None:
                 return  # the client left
         self.reply(job)
 
     async def follow_job(self, job_id: Any, *, states: bool = True) -> None:
+        """Stream the job's events (the caller holds a stream slot)."""
         version, seq = self.last_event_id()
-        await self.stream(follow(self.services.db, job_id, user=self.current_user, hub=self.services.hub,
-                                 after_version=version, after_seq=seq, states=states,
-                                 idle=self.services.keepalive))
+        events = follow(self.services.db, job_id, user=self.current_user, hub=self.services.hub,
+                        after_version=version, after_seq=seq, states=states, idle=self.services.keepalive)
+        await self.stream(self._guarded(job_id, events))
+
+    async def _guarded(self, job_id: Any, events: AsyncIterator[Event | None]) -> AsyncIterator[Event | None]:
+        """``events``, cut short by ``close`` ``{"state": "forbidden"}`` once the caller lost access.
+
+        Access is re-checked at every keepalive, and before an event when the
+        last check is a keepalive interval old (a busy job has no keepalives).
+        """
+        clock = asyncio.get_running_loop().time
+        checked, last_id, counts = clock(), "0.0", {"state": 0, "log": 0}
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if event is None or clock() - checked >= self.services.keepalive:
+                    checked = clock()
+                    try:
+                        await self.recheck(job_id)
+                    except (Unauthorized, Forbidden, NotFound):
+                        yield Event("close", last_id, {"state": "forbidden", "events": counts})
+                        return
+                if event is not None:
+                    last_id = event.id
+                    counts[event.kind] = counts.get(event.kind, 0) + 1
+                yield event
+                event = None  # held while waiting, a large document would stay alive per follower
 
 
 class RegistryHandler(_JobBase):
@@ -112,13 +170,15 @@ class JobHandler(QueueHandler):
         options = {name: self.arg(name, float if name not in ("attempts", "priority") else int, None)
                    for name in OPTIONS}
         following = self.arg("follow", bool, True)  # read before enqueueing: a bad value enqueues nothing
-        job = await queue.enqueue(self.services.db, self.arg("qual_name"), self.arg("args", dict, {}),
-                                  user=self.current_user, hostname=self.request.remote_ip,
-                                  **{k: v for k, v in options.items() if v is not None})
-        if following:
-            await self.follow_job(job["_id"])
-        else:
-            self.reply(job["_id"])
+        # The stream slot is taken first: a refused stream enqueues nothing.
+        with self.slot() if following else contextlib.nullcontext():
+            job = await queue.enqueue(self.services.db, self.arg("qual_name"), self.arg("args", dict, {}),
+                                      user=self.current_user, hostname=self.request.remote_ip,
+                                      **{k: v for k, v in options.items() if v is not None})
+            if following:
+                await self.follow_job(job["_id"])
+            else:
+                self.reply(job["_id"])
 
 
 class EnqueueHandler(_JobBase):
@@ -152,7 +212,7 @@ class DetailHandler(_JobBase):
 
     api = {"get": Op("One job, live or finished (`journal` says which)", reply="Job"),
            "delete": Op("Remove a live job (journaled killed, flagged removed)", (_WAIT,), reply="Job",
-                        errors=(400, 401, 403, 404, 409))}
+                        errors=(400, 401, 403, 404, 409), long=True)}
 
     async def get(self, job_id: str) -> None:
         self.reply(await queue.get(self.services.db, job_id, user=self.current_user))
@@ -176,7 +236,8 @@ class FollowHandler(_JobBase):
                      (_LAST_EVENT,), sse=True)}
 
     async def get(self, job_id: str) -> None:
-        await self.follow_job(job_id)
+        with self.slot():
+            await self.follow_job(job_id)
 
 
 class LogHandler(_JobBase):
@@ -189,7 +250,8 @@ class LogHandler(_JobBase):
 
     async def get(self, job_id: str) -> None:
         if self.arg("follow", bool, False):
-            await self.follow_job(job_id, states=False)
+            with self.slot():
+                await self.follow_job(job_id, states=False)
             return
         job = await queue.get(self.services.db, job_id, user=self.current_user)
         self.reply_page(await logs.page(self.services.db, job["_id"], **self.page_args()))
@@ -202,7 +264,7 @@ class PollHandler(_JobBase):
                      "`state`), or after `timeout` seconds",
                      (Param("version", "integer", "reply when the job's version is above this"),
                       Param("state", "string", "reply when the job's state differs from this"),
-                      Param("timeout", "number", "seconds to wait, 1-300", default=30)), reply="Job")}
+                      Param("timeout", "number", "seconds to wait, 1-300", default=30)), reply="Job", long=True)}
 
     async def get(self, job_id: str) -> None:
         version = self.arg("version", int, None)
@@ -210,12 +272,11 @@ class PollHandler(_JobBase):
         timeout = self.arg("timeout", float, 30.0)
         if not 1 <= timeout <= 300:
             raise BadArgument(f"timeout must be between 1 and 300 seconds, got {timeout:g}")
-        db, user = self.services.db, self.current_user
-        if version is None and state is None:  # nothing given: wait for the next change
-            version = (await queue.get(db, job_id, user=user))["version"]
-        job = await self.unless_gone(wait_for(
-            db, job_id, user=user, hub=self.services.hub, timeout=timeout,
-            done=lambda j: self._changed(j, version, state) or j["state"] in FINAL))
+        with self.slot():
+            if version is None and state is None:  # nothing given: wait for the next change
+                version = (await queue.get(self.services.db, job_id, user=self.current_user))["version"]
+            job = await self.wait(job_id, lambda j: self._changed(j, version, state) or j["state"] in FINAL,
+                                  timeout)
         if job is not None:
             self.reply(job)
 
@@ -228,7 +289,7 @@ class KillHandler(_JobBase):
     """``PUT /job/kill/<id>``."""
 
     api = {"put": Op("Kill a live job (a running one ends killed once its worker has stopped it)",
-                     (_WAIT,), reply="Job", errors=(400, 401, 403, 404, 409))}
+                     (_WAIT,), reply="Job", errors=(400, 401, 403, 404, 409), long=True)}
 
     async def put(self, job_id: str) -> None:
         self.arg("wait", bool, True)  # a bad value is refused before anything is done
@@ -239,7 +300,7 @@ class RemoveHandler(_JobBase):
     """``PUT /job/remove/<id>``."""
 
     api = {"put": Op("Remove a live job (journaled killed, flagged removed)", (_WAIT,), reply="Job",
-                     errors=(400, 401, 403, 404, 409))}
+                     errors=(400, 401, 403, 404, 409), long=True)}
 
     async def put(self, job_id: str) -> None:
         self.arg("wait", bool, True)  # a bad value is refused before anything is done
@@ -256,11 +317,12 @@ class RestartHandler(_JobBase):
 
     async def put(self, job_id: str) -> None:
         following = self.arg("follow", bool, True)  # read before restarting: a bad value restarts nothing
-        job = await queue.restart(self.services.db, job_id, user=self.current_user)
-        if following:
-            await self.follow_job(job["_id"])
-        else:
-            self.reply(job["_id"])
+        with self.slot() if following else contextlib.nullcontext():
+            job = await queue.restart(self.services.db, job_id, user=self.current_user)
+            if following:
+                await self.follow_job(job["_id"])
+            else:
+                self.reply(job["_id"])
 
 
 class StatsHandler(_JobBase):

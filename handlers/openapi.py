@@ -38,6 +38,8 @@ class Op:
     auth: bool = True
     description: str = ""
     tags: tuple[str, ...] = field(default=("jobs",))
+    #: Holds the connection open (a stream, a long poll, a wait): capped per user (429).
+    long: bool = False
 
 
 PAGE_PARAMS = (
@@ -116,7 +118,10 @@ _SCHEMAS: dict[str, Any] = {
 _STATUS = {400: "bad argument, id or body", 401: "no or wrong credentials (WWW-Authenticate: Basic)",
            403: "not permitted", 404: "unknown job or qual_name", 405: "unknown action or method",
            409: "the job's state does not allow this", 413: "body too large",
-           429: "too many failed logins (Retry-After)", 503: "database unavailable"}
+           415: "a body that changes something must be application/json",
+           429: "too many failed logins, or too many open streams and long polls (Retry-After)",
+           503: "database unavailable"}
+_UNSAFE = ("post", "put", "delete")
 
 _SSE = {"text/event-stream": {"schema": {"type": "string", "description": (
     "Server-Sent Events: `retry: 2000`, then events `id: <version>.<seq>`, `event: state|log|close`, "
@@ -141,7 +146,7 @@ def _reply(op: Op) -> dict[str, Any]:
     return {"description": "OK", "content": content}
 
 
-def _operation(op: Op, path: str) -> dict[str, Any]:
+def _operation(op: Op, path: str, method: str) -> dict[str, Any]:
     parameters = []
     if "{id}" in path:
         parameters.append({"name": "id", "in": "path", "required": True,
@@ -154,7 +159,9 @@ def _operation(op: Op, path: str) -> dict[str, Any]:
                            "description": param.description + " (also accepted in a JSON body)",
                            "schema": schema})
     responses: dict[str, Any] = {"200": _reply(op)}
-    for status in op.errors + ((401,) if op.auth and 401 not in op.errors else ()) + (503,):
+    implied = ((401,) if op.auth else ()) + ((403, 415) if method in _UNSAFE else ()) + (
+        (429,) if op.long or op.sse else ()) + (503,)
+    for status in sorted(set(op.errors + implied)):
         responses[str(status)] = {"description": _STATUS[status], "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     operation: dict[str, Any] = {"summary": op.summary, "tags": list(op.tags), "parameters": parameters,
@@ -175,7 +182,7 @@ def build(routes: list[tuple[str, type]], prefix: str = "/api/v1") -> dict[str, 
     for pattern, handler in routes:
         path = path_template(pattern)
         for method, op in getattr(handler, "api", {}).items():
-            paths.setdefault(path, {})[method] = _operation(op, path)
+            paths.setdefault(path, {})[method] = _operation(op, path, method)
     return {
         "openapi": "3.1.0",
         "info": {"title": "jobdeck", "version": "1", "description": (

@@ -43,17 +43,23 @@ class LoginHandler(BaseHandler):
 
     Credentials come from Basic auth or from ``username``/``password``
     arguments (JSON body or form). The cookie lets a browser's
-    ``EventSource``, which cannot send headers, follow jobs.
+    ``EventSource``, which cannot send headers, follow jobs. With
+    ``cookie_only`` the token is only in the cookie, so a page's scripts never
+    see it (what ``HttpOnly`` is for).
     """
 
     auth_required = False
+    accepts_form = True
     api = {"post": Op("Log in with Basic credentials or username/password: a token and an HttpOnly cookie",
                       (Param("username", "string", "user name (if not sent as Basic auth)"),
-                       Param("password", "string", "password (if not sent as Basic auth)")),
-                      reply="Token", errors=(400, 401, 429), auth=False, tags=_SERVICE)}
+                       Param("password", "string", "password (if not sent as Basic auth)"),
+                       Param("cookie_only", "boolean", "leave the token out of the reply: only the cookie "
+                             "carries it (for browsers)", default=False)),
+                      reply="Token", errors=(400, 401, 403, 415, 429), auth=False, tags=_SERVICE)}
 
     async def post(self) -> None:
         auth = self.services.auth
+        cookie_only = self.arg("cookie_only", bool, False)
         header = self.request.headers.get("Authorization", "")
         if header[:6].lower() == "basic ":
             name, password = self.basic_credentials(header[6:])
@@ -67,15 +73,16 @@ class LoginHandler(BaseHandler):
         self.set_cookie(COOKIE, token, path="/", httponly=True, samesite="Lax",
                         secure=self.request.protocol == "https",
                         expires=datetime.fromtimestamp(expires, timezone.utc))
-        self.reply({"name": user["name"], "token": token,
-                    "expires": datetime.fromtimestamp(expires, timezone.utc)})
+        reply = {"name": user["name"], "expires": datetime.fromtimestamp(expires, timezone.utc)}
+        self.reply(reply if cookie_only else {**reply, "token": token})
 
 
 class LogoutHandler(BaseHandler):
     """``POST /logout``: clear the login cookie (the token itself stays valid until it expires)."""
 
     auth_required = False
-    api = {"post": Op("Clear the login cookie", errors=(), auth=False, tags=_SERVICE)}
+    accepts_form = True
+    api = {"post": Op("Clear the login cookie", errors=(403, 415), auth=False, tags=_SERVICE)}
 
     def post(self) -> None:
         self.clear_cookie(COOKIE, path="/")
@@ -102,6 +109,5 @@ class OpenAPIHandler(BaseHandler):
     api = {"get": Op("This OpenAPI 3.1 document", errors=(401,), tags=_SERVICE)}
 
     def get(self) -> None:
-        from handlers.app import ROUTES  # the route table imports this module
-        prefix = self.request.path[: -len("/openapi.json")]
-        self.finish(build(ROUTES, prefix=prefix))
+        prefix = self.request.path.rstrip("/")[: -len("/openapi.json")]
+        self.finish(build(self.services.routes, prefix=prefix))

@@ -277,20 +277,33 @@ def _print_record(record: dict[str, Any], as_json: bool) -> None:
     Printer(show_states=False).show(Event("log", "", record))
 
 
+class _Unfinished(str):
+    """A report line saying that an action was requested but has not taken effect yet."""
+
+
 def _each(ids: tuple[str, ...], action: Any) -> None:
-    """Apply ``action(db, id)`` to each id; report each; exit 1 if any failed."""
-    async def work(db: Database) -> bool:
-        ok = True
+    """Apply ``action(db, id)`` to each id and report each.
+
+    Exits 1 if any failed, else 2 if any is still under way when the wait
+    ended (an ``_Unfinished`` report), else 0.
+    """
+    async def work(db: Database) -> int:
+        code = 0
         for job_id in ids:
             try:
-                click.echo(await action(db, job_id))
+                report = await action(db, job_id)
             except JobdeckError as exc:
                 click.echo(f"{job_id}: {exc}", err=True)
-                ok = False
-        return ok
+                code = 1
+                continue
+            click.echo(report)
+            if isinstance(report, _Unfinished) and not code:
+                code = 2
+        return code
 
-    if not run_with_database(load_config(), work):
-        sys.exit(1)
+    code = run_with_database(load_config(), work)
+    if code:
+        sys.exit(code)
 
 
 async def _await_end(db: Database, job_id: Any, timeout: float) -> dict[str, Any]:
@@ -312,7 +325,11 @@ def _stopper(stop: Any, verb: str, wait: float | None):
         job = await stop(db, job_id, user=_user())
         if wait is not None and job["state"] != "killed":
             job = await _await_end(db, job["_id"], timeout=wait)
-        return f"{job['_id']}: {verb}" if job["state"] == "killed" else f"{job['_id']}: {verb} requested ({job['state']})"
+        if job["state"] == "killed":
+            return f"{job['_id']}: {verb}"
+        if wait is None:
+            return f"{job['_id']}: {verb} requested ({job['state']})"
+        return _Unfinished(f"{job['_id']}: {verb} requested, but it is still {job['state']} after {wait:g} s")
     return action
 
 
@@ -321,7 +338,7 @@ def _stopper(stop: Any, verb: str, wait: float | None):
 @click.option("--no-wait", is_flag=True, help="Return once the kill is requested.")
 @config_option
 def kill(job_ids: tuple[str, ...], no_wait: bool) -> None:
-    """Kill live jobs; waits until running ones have stopped."""
+    """Kill live jobs; waits until running ones have stopped (exit code 2 if one has not)."""
     _each(job_ids, _stopper(queue.kill, "killed", None if no_wait else _stop_timeout()))
 
 
@@ -330,7 +347,7 @@ def kill(job_ids: tuple[str, ...], no_wait: bool) -> None:
 @click.option("--no-wait", is_flag=True, help="Return once the removal is requested.")
 @config_option
 def remove(job_ids: tuple[str, ...], no_wait: bool) -> None:
-    """Remove live jobs (they are journaled as killed and flagged removed)."""
+    """Remove live jobs (journaled as killed, flagged removed); exit code 2 if a running one has not stopped."""
     _each(job_ids, _stopper(queue.remove, "removed", None if no_wait else _stop_timeout()))
 
 

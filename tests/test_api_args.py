@@ -69,14 +69,33 @@ async def test_body_overrides_query_string(echo):
     assert reply.json()["data"]["n"] == 2 and reply.json()["data"]["name"] == "query"
 
 
-async def test_json_body_without_content_type_is_understood(echo):
-    reply = await echo.post("/echo", content=b'{"n": 5}', headers={"Content-Type": "application/x-www-form-urlencoded"})
+async def test_a_get_body_is_read_as_json_whatever_its_content_type(echo):
+    reply = await echo.request("GET", "/echo", content=b'{"n": 5}',
+                               headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert reply.json()["data"]["n"] == 5
 
 
-async def test_form_body_is_understood(echo):
-    reply = await echo.post("/echo", data={"n": "4", "flag": "0"})
+async def test_a_get_form_body_is_understood(echo):
+    reply = await echo.request("GET", "/echo", content=b"n=4&flag=0",
+                               headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert reply.json()["data"]["n"] == 4 and reply.json()["data"]["flag"] is False
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", None])
+async def test_a_body_that_changes_something_must_be_json(echo, method, content_type):
+    # What a foreign page can send without a CORS preflight: text/plain, forms.
+    headers = {"Content-Type": content_type} if content_type else {}
+    reply = await echo.request(method, "/echo", content=b'{"n": 5}', headers=headers)
+    assert reply.status_code == 415
+    assert f"a {method} body must be sent as application/json" in reply.json()["error"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
+async def test_a_request_without_a_body_needs_no_content_type(echo, method):
+    reply = await echo.request(method, "/echo?n=3")
+    assert reply.status_code == 200 and reply.json()["data"]["n"] == 3
 
 
 @pytest.mark.parametrize("value, expected", [("1", True), ("0", False), ("false", False), ("TRUE", True)])

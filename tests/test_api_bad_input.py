@@ -69,7 +69,8 @@ def bad_filters(pattern: str, method: str, path: str) -> list[Case]:
     return [case(pattern, method, path, 400, message, json={"filter": query}) for query, message in filters]
 
 
-NOT_JSON = {"content": b'{"qual_name": "jobs.example.DummyJob",', "headers": {"Content-Type": "application/json"}}
+JSON = {"headers": {"Content-Type": "application/json"}}
+NOT_JSON = {"content": b'{"qual_name": "jobs.example.DummyJob",', **JSON}
 
 CASES: list[Case] = [
     # -- service routes: wrong methods, bad bodies
@@ -98,9 +99,9 @@ CASES: list[Case] = [
     enqueue(400, "bad arguments for jobs.example.DeferJob: 'until' holds an integer beyond 64 bits",
             qual_name="jobs.example.DeferJob", args={"until": 10 ** 30}),
     case("/job", "POST", "/job", 400, "request body is not valid JSON: NaN is not a JSON number",
-         content=b'{"qual_name": "jobs.example.DummyJob", "follow": false, "args": {"sleep": NaN}}'),
+         content=b'{"qual_name": "jobs.example.DummyJob", "follow": false, "args": {"sleep": NaN}}', **JSON),
     case("/job", "POST", "/job", 400, "request body is not valid JSON: number 1e999 is out of range",
-         content=b'{"qual_name": "jobs.example.DummyJob", "follow": false, "args": {"sleep": 1e999}}'),
+         content=b'{"qual_name": "jobs.example.DummyJob", "follow": false, "args": {"sleep": 1e999}}', **JSON),
     case("/job", "PUT", "/job", 405, "method PUT is not allowed"),
     case("/job/enqueue", "POST", "/job/enqueue", 400, "request body is not valid JSON", **NOT_JSON),
     enqueue(400, "argument 'follow': expected a boolean", path="/job/enqueue", follow="maybe"),
@@ -129,7 +130,7 @@ CASES: list[Case] = [
     *bad_filters("/job/queue", "POST", "/job/queue"),
     case("/job/queue", "DELETE", "/job/queue", 405, "method DELETE is not allowed"),
     case("/job/queue", "POST", "/job/queue", 400, "request body is not valid JSON: nested too deeply",
-         content=('{"filter": {"args": ' + "[" * 5000 + "]" * 5000 + "}}").encode()),
+         content=('{"filter": {"args": ' + "[" * 5000 + "]" * 5000 + "}}").encode(), **JSON),
     case("/job/queue", "GET", "/job/queue", 400, "argument 'filter': expected a JSON object",
          params={"filter": '{"args": ' + "[" * 2000 + "]" * 2000 + "}"}),
     case("/job/journal", "GET", "/job/journal", 400, "argument 'since': expected a date and time (ISO 8601), "
@@ -138,6 +139,10 @@ CASES: list[Case] = [
          params={"until": "2026-13-45T25:00:00Z"}),
     case("/job/journal", "GET", "/job/journal", 400, "is later than until",
          params={"since": "2026-11-24T10:00:00Z", "until": "2026-11-23T10:00:00Z"}),
+    case("/job/journal", "GET", "/job/journal", 400, "argument 'since': expected a date and time",
+         params={"since": "0001-01-01T00:00:00+01:00"}),  # before year 1 in UTC
+    case("/job/journal", "GET", "/job/journal", 400, "argument 'until': expected a date and time",
+         params={"until": "9999-12-31T23:30:00-01:00"}),  # after year 9999 in UTC
     case("/job/journal", "GET", "/job/journal", 400, "state 'pending' is not one of", params={"state": "pending"}),
     case("/job/journal", "GET", "/job/journal", 400, "sort: unknown field 'color'", params={"sort": "color"}),
     case("/job/journal", "GET", "/job/journal", 400, "argument 'per_page': expected an integer, got '1.5'",
@@ -149,6 +154,10 @@ CASES: list[Case] = [
     case(r"/job/detail/([^/]+)", "DELETE", "/job/detail/{pending}", 405, "method DELETE is not allowed"),
     *bad_ids(r"/job/follow/([^/]+)", "GET", "/job/follow/{id}"),
     case(r"/job/follow/([^/]+)", "POST", "/job/follow/{killed}", 405, "method POST is not allowed on /api/v1/job/follow/"),
+    case(r"/job/follow/([^/]+)", "GET", "/job/follow/{pending}", 400, "event id '0.99999999999999999999999' is out "
+         "of range", headers={"Last-Event-ID": "0.99999999999999999999999"}),
+    case(r"/job/follow/([^/]+)", "GET", "/job/follow/{pending}", 400, "is out of range",
+         params={"last_event_id": f"{2 ** 63}.1"}),
     *bad_ids(r"/job/log/([^/]+)", "GET", "/job/log/{id}"),
     *bad_ids(r"/job/log/([^/]+)", "GET", "/job/log/{id}", params={"follow": "true"}),
     case(r"/job/log/([^/]+)", "GET", "/job/log/{killed}", 400, "argument 'follow': expected a boolean",
@@ -171,6 +180,8 @@ CASES: list[Case] = [
     case(r"/job/kill/([^/]+)", "PUT", "/job/kill/{pending}", 400, "argument 'wait': expected a boolean",
          params={"wait": "maybe"}),
     case(r"/job/kill/([^/]+)", "GET", "/job/kill/{pending}", 405, "method GET is not allowed"),
+    case(r"/job/kill/([^/]+)", "PUT", "/job/kill/{pending}", 415, "a PUT body must be sent as application/json",
+         content=b'{"wait": false}', headers={"Content-Type": "text/plain"}),
     *bad_ids(r"/job/remove/([^/]+)", "PUT", "/job/remove/{id}"),
     case(r"/job/remove/([^/]+)", "PUT", "/job/remove/{killed}", 409, "it has finished as killed"),
     *bad_ids(r"/job/restart/([^/]+)", "PUT", "/job/restart/{id}", params={"follow": "false"}),

@@ -56,6 +56,20 @@ async def test_openapi_document_is_version_3_1_and_served_under_its_prefix(docum
     assert document["servers"] == [{"url": "/api/v1"}]
 
 
+async def test_a_trailing_slash_does_not_leak_into_the_server_url(team_clients, document):
+    # "/api/v1/" would make generated clients call "//job".
+    assert (await team_clients["reader"].get("/openapi.json/")).json()["servers"] == [{"url": "/api/v1"}]
+
+
+async def test_requests_that_change_something_describe_403_and_415_and_streams_429(document):
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            if method in ("post", "put", "delete"):
+                assert {"403", "415"} <= set(operation["responses"]), (path, method)
+    assert "429" in document["paths"]["/job/follow/{id}"]["get"]["responses"]
+    assert "429" in document["paths"]["/job/poll/{id}"]["get"]["responses"]
+
+
 async def test_core4_prefix_serves_the_same_paths_under_its_own_server_url(server, team_clients, document):
     url = f"http://127.0.0.1:{server.port}{PREFIXES[1]}/openapi.json"
     alias = (await team_clients["reader"].get(url)).json()

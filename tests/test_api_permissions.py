@@ -25,8 +25,9 @@ from tests.conftest import TEAM
 DUMMY = "jobs.example.DummyJob"
 OPERATOR = queue.operator("operator")
 USERS = tuple(TEAM)
-READ = {"admin": 200, "executor": 200, "reader": 200, "stranger": 403}
-EXECUTE = {"admin": 200, "executor": 200, "reader": 403, "stranger": 403}
+# A job the caller may not read is answered exactly like a missing one (ids are guessable).
+READ = {"admin": 200, "executor": 200, "reader": 200, "stranger": 404}
+EXECUTE = {"admin": 200, "executor": 200, "reader": 403, "stranger": 404}
 EVERYONE = dict.fromkeys(USERS, 200)
 ADMIN_ONLY = {"admin": 200, "executor": 403, "reader": 403, "stranger": 403}
 
@@ -78,12 +79,14 @@ JOB_READ_ROUTES = [
 
 @pytest.mark.parametrize("path, params", JOB_READ_ROUTES,
                          ids=[path + ("?" + "&".join(params) if params else "") for path, params in JOB_READ_ROUTES])
-async def test_a_jobs_read_routes_answer_readers_and_refuse_the_stranger(clients, team_db, path, params):
+async def test_a_jobs_read_routes_answer_readers_and_hide_the_job_from_the_stranger(clients, team_db, path,
+                                                                                    params):
     job_id = await killed(team_db)  # finished: follow streams end, poll answers at once
     url = path.format(id=job_id)
     assert await statuses(clients, "GET", url, params=params) == READ
     refused = await clients["stranger"].get(url, params=params)
-    assert error(refused) == f"user 'stranger' may not read {DUMMY}"
+    missing = await clients["stranger"].get(path.format(id=JOB), params=params)
+    assert error(refused) == f"no job {job_id}" and error(missing) == f"no job {JOB}"
 
 
 async def test_readers_get_the_finished_jobs_events_and_log(clients, team_db):
@@ -111,7 +114,8 @@ async def test_stopping_a_job_needs_execute_permission(clients, team_db, method,
         if expected == 200:
             assert reply.json()["data"]["state"] == job["state"] == "killed"
         else:
-            assert error(reply) == f"user {name!r} may not execute {DUMMY}"
+            assert error(reply) == (f"no job {job_id}" if expected == 404
+                                    else f"user {name!r} may not execute {DUMMY}")
             assert job["state"] == "pending"
 
 
@@ -126,13 +130,14 @@ async def test_restarting_a_killed_job_needs_execute_permission(clients, team_db
             assert child["state"] == "pending" and child["enqueued"]["parent_id"] == old["_id"]
             assert child["enqueued"]["username"] == name
         else:
-            assert error(reply) == f"user {name!r} may not execute {DUMMY}"
+            assert error(reply) == (f"no job {job_id}" if expected == 404
+                                    else f"user {name!r} may not execute {DUMMY}")
             assert old["enqueued"]["child_id"] is None
 
 
 @pytest.mark.parametrize("path", ["/job", "/job/enqueue"])
 async def test_enqueue_needs_execute_permission(clients, team_db, path):
-    for name, expected in EXECUTE.items():
+    for name, expected in {**EXECUTE, "stranger": 403}.items():
         reply = await clients[name].post(path, json={"qual_name": DUMMY, "args": {"sleep": 1}, "follow": False})
         assert reply.status_code == expected, (name, reply.text)
         if expected == 200:
@@ -152,7 +157,8 @@ async def test_refused_control_actions_change_nothing_and_leave_no_audit_entry(c
                    await http.delete(f"/job/{live}"),
                    await http.put(f"/job/restart/{finished}", params={"follow": "false"}),
                    await http.post("/job", json={"qual_name": DUMMY, "follow": False})]
-        assert [reply.status_code for reply in replies] == [403] * 5
+        hidden = 404 if name == "stranger" else 403
+        assert [reply.status_code for reply in replies] == [hidden] * 4 + [403]
     assert await team_db.queue.find_one({"_id": queue.object_id(live)}) == before
     assert await team_db.queue.count_documents({}) == 1
     assert await team_db.audit.count_documents({"actor": {"$in": ["reader", "stranger"]}}) == 0
@@ -258,12 +264,25 @@ async def test_worker_list_and_openapi_answer_every_user(clients, path):
     assert await statuses(clients, "GET", path) == EVERYONE
 
 
-async def test_worker_list_shows_only_the_running_jobs_the_caller_may_read(clients, team_db):
+async def test_worker_list_shows_only_the_running_jobs_and_classes_the_caller_may_read(clients, team_db):
     job_id = await pending(team_db)
     await team_db.worker.insert_one({"_id": "host:1:abcd", "host": "host", "pid": 1, "slots": 2,
-                                     "heartbeat": datetime.now(timezone.utc), "running": [job_id]})
-    running = {name: (await clients[name].get("/worker")).json()["data"][0]["running"] for name in USERS}
-    assert running == {"admin": [job_id], "executor": [job_id], "reader": [job_id], "stranger": []}
+                                     "heartbeat": datetime.now(timezone.utc), "running": [job_id],
+                                     "jobs": [DUMMY, "other.Secret"]})
+    seen = {name: (await clients[name].get("/worker")).json()["data"][0] for name in USERS}
+    assert {name: worker["running"] for name, worker in seen.items()} == {
+        "admin": [job_id], "executor": [job_id], "reader": [job_id], "stranger": []}
+    assert {name: worker["jobs"] for name, worker in seen.items()} == {
+        "admin": [DUMMY, "other.Secret"], "executor": [DUMMY], "reader": [DUMMY], "stranger": ["other.Secret"]}
+
+
+async def test_worker_host_and_pid_are_shown_to_admins_only(clients, team_db):
+    await team_db.worker.insert_one({"_id": "w1", "host": "gpu-7", "pid": 4242, "slots": 2,
+                                     "heartbeat": datetime.now(timezone.utc), "running": [], "jobs": []})
+    for name in USERS:
+        worker = (await clients[name].get("/worker")).json()["data"][0]
+        shown = ("host" in worker, "pid" in worker)
+        assert shown == ((True, True) if name == "admin" else (False, False)), name
 
 
 async def test_metrics_are_for_admins_only(clients, team_db):

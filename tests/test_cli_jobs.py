@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -30,9 +31,10 @@ from click.testing import CliRunner, Result
 import jobdeck.jobs  # noqa: F401  (registers the commands)
 import jobdeck.service  # noqa: F401  (registers the commands)
 import jobdeck.users  # noqa: F401  (registers the commands)
-from core import registry
+from core import queue, registry
 from core.config import Config
 from core.db import Database
+from core.states import State, transition
 from jobdeck.cli import cli
 from tests.conftest import clean_env, free_port, in_database, wait_until
 from tests.test_embedded import processes_using
@@ -267,6 +269,27 @@ def test_kill_reports_each_id_and_fails_if_any_failed(run: Callable[..., Result]
     result = run("kill", "123", job_id)
     fails(result, "123: bad job id", code=1)
     assert result.stdout.strip() == f"{job_id}: killed"
+
+
+@pytest.mark.parametrize("command", ["kill", "remove"])
+def test_kill_and_remove_exit_2_when_a_running_job_has_not_stopped_when_the_wait_ends(
+        run: Callable[..., Result], config: Config, cli_env: dict[str, str], command: str) -> None:
+    job_id = enqueued(run, DUMMY)
+
+    async def claim(db: Database) -> None:  # a worker that then never acts (hung, or its host is cut off)
+        job = await queue.get(db, job_id, user=queue.operator("test"))
+        now = datetime.now(timezone.utc)
+        await transition(db, job, State.RUNNING, trial=1, started_at=now,
+                         locked={"worker": "w", "pid": None, "at": now, "heartbeat": now})
+    in_database(config, claim)
+    cli_env.update(JOBDECK_KILL_GRACE_SECONDS="0", JOBDECK_LEASE_SECONDS="1", JOBDECK_HEARTBEAT_SECONDS="0.5")
+
+    result = run(command, job_id)
+
+    assert result.exit_code == 2, result.output
+    assert f"{job_id}: {'killed' if command == 'kill' else 'removed'} requested, but it is still running" \
+        in result.stdout
+    assert shown(run, job_id)["state"] == "running"
 
 
 def test_restart_of_killed_job_enqueues_a_child_linked_by_parent_id(run: Callable[..., Result]) -> None:

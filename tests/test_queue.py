@@ -181,13 +181,27 @@ async def test_a_reader_may_get_but_not_enqueue_kill_remove_or_restart(qdb: Data
     assert (await qdb.queue.find_one({"_id": pending["_id"]}))["version"] == 1
 
 
-async def test_a_stranger_may_not_even_get_a_job(qdb: Database) -> None:
+async def test_a_job_the_caller_may_not_read_is_not_found_like_a_missing_one(qdb: Database) -> None:
     job = await in_state(qdb, State.PENDING)
 
-    with pytest.raises(Forbidden, match="'stranger' may not read"):
+    with pytest.raises(NotFound, match=f"no job {job['_id']}"):
         await queue.get(qdb, str(job["_id"]), user=STRANGER)
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):
         await queue.get(qdb, str(job["_id"]), user={**ADMIN, "active": False})
+    for action in (queue.kill, queue.remove, queue.restart):
+        with pytest.raises(NotFound):
+            await action(qdb, str(job["_id"]), user=STRANGER)
+
+
+async def test_a_caller_who_knew_the_job_and_lost_the_right_to_read_it_is_forbidden(qdb: Database) -> None:
+    job = await in_state(qdb, State.PENDING)
+
+    await queue.require_readable(qdb, str(job["_id"]), user=READER)
+    with pytest.raises(Forbidden, match="'stranger' may not read"):
+        await queue.require_readable(qdb, str(job["_id"]), user=STRANGER)
+    finished = await in_state(qdb, State.KILLED)
+    with pytest.raises(Forbidden):
+        await queue.require_readable(qdb, finished["_id"], user=STRANGER)
 
 
 async def test_an_executor_of_matching_jobs_may_enqueue_and_kill_them(qdb: Database) -> None:

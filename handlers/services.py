@@ -1,0 +1,38 @@
+"""What the handlers of one server process share: configuration, database, authenticator, hub, caps."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from core.auth import Authenticator
+from core.config import Config
+from core.db import Database
+from core.hub import Hub
+from core.metrics import Metrics
+from core.streams import StreamLimit
+
+__all__ = ["Services"]
+
+
+@dataclass
+class Services:
+    """The shared services of the handlers, kept in the application's settings.
+
+    ``routes`` is the route table the application was built from (the OpenAPI
+    document describes it).
+    """
+
+    config: Config
+    db: Database
+    auth: Authenticator
+    hub: Hub
+    routes: list[tuple[str, type]] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)
+    keepalive: float = 15.0
+    started: float = field(default_factory=time.monotonic)
+    streams: StreamLimit | None = None
+
+    def __post_init__(self) -> None:
+        if self.streams is None:
+            self.streams = StreamLimit(per_user=self.config.max_streams_per_user,
+                                       total=self.config.max_streams)
