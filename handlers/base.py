@@ -363,9 +363,28 @@ def _strict_json(data: str | bytes) -> Any:
     too deeply to parse (``json`` raises ``RecursionError`` there).
     """
     try:
-        return json.loads(data, parse_constant=_not_a_number, parse_float=_finite)
+        value = json.loads(data, parse_constant=_not_a_number, parse_float=_finite)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+    _no_surrogates(value)
+    return value
+
+
+def _no_surrogates(value: Any) -> None:
+    """Raise ``ValueError`` for a lone surrogate (``"\\ud800"``) in any string: no store can keep one."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"string {item[:40]!r} holds a lone surrogate escape, not a character") from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def _coerce(value: Any, kind: Any) -> Any:

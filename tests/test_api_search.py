@@ -90,18 +90,14 @@ async def test_a_filter_time_that_leaves_the_range_in_utc_is_400(admin_http, pat
     assert_error(reply, 400, "is out of range once converted to UTC")
 
 
-@pytest.mark.parametrize("body, message", [
-    ('{"search": "Dummy\\ud800"}', "search: 'Dummy\\ud800' is not valid Unicode"),
-    ('{"filter": {"qual_name": "\\ud800"}}', "filter: the value of 'qual_name'"),
-    ('{"filter": {"args.\\ud800": 1}}', "filter: bad field name"),
-    ('{"sort": "args.\\ud800"}', "sort: bad field name"),
-    ('{"qual_name": "\\udfff"}', "qual_name: '\\udfff' is not valid Unicode"),
-])
-async def test_a_lone_surrogate_in_a_listing_argument_is_400(admin_http, body, message):
-    # JSON may spell one; MongoDB's encoding (UTF-8) cannot hold it.
+@pytest.mark.parametrize("body", ['{"search": "Dummy\\ud800"}', '{"filter": {"qual_name": "\\ud800"}}',
+                                  '{"filter": {"args.\\ud800": 1}}', '{"sort": "args.\\ud800"}',
+                                  '{"qual_name": "\\udfff"}'])
+async def test_a_lone_surrogate_in_a_listing_argument_is_400(admin_http, body):
+    # JSON may spell one; MongoDB's encoding (UTF-8) cannot hold it. (core checks too: tests/test_listing.py)
     reply = await admin_http.post("/job/journal", content=body.encode(),
                                   headers={"Content-Type": "application/json"})
-    assert_error(reply, 400, message)
+    assert_error(reply, 400, "holds a lone surrogate escape")
 
 
 @pytest.fixture
