@@ -60,7 +60,8 @@ def run_with_database(config: Config, work: Callable[[Database], Awaitable[T]]) 
     """Run ``work(db)`` on a fresh event loop with the configured database.
 
     Without ``mongo_url`` this uses the data_dir's running embedded server or
-    starts one for the duration of the call (before the loop starts).
+    starts one (before the loop starts), which is stopped afterwards unless
+    another jobdeck process uses it meanwhile.
     """
     with database_url(config) as url:
         async def main() -> T:

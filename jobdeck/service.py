@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import threading
+import time
 from typing import Callable
 
 import click
@@ -11,8 +11,8 @@ import click
 from core import registry, users
 from core.config import Config
 from core.db import Database
-from core.embedded import EmbeddedServer, database_url, find_running
-from core.errors import ConfigError
+from core.embedded import database_url, shared_server
+from core.errors import DatabaseUnavailable
 from core.worker import Worker
 from handlers.app import Server
 from jobdeck.cli import cli, config_option, load_config, setup_logging
@@ -91,7 +91,9 @@ def up() -> None:
 
     Stops cleanly on Ctrl-C or SIGTERM: running jobs get shutdown_grace_seconds
     to finish (a second Ctrl-C stops them at once) and go back to the queue
-    otherwise; the embedded database stops last. Data is kept in data_dir.
+    otherwise; the embedded database stops last, unless another jobdeck
+    process (a separate worker or serve) still uses it: the last of them to
+    exit stops it. Data is kept in data_dir.
     On the very first start an 'admin' user is created with
     $JOBDECK_ADMIN_PASSWORD or a generated password, printed once.
     """
@@ -104,7 +106,8 @@ def serve() -> None:
     """Run the HTTP API server only (workers run elsewhere).
 
     Without mongo_url it uses the embedded database of data_dir if one runs
-    (e.g. 'jobdeck db' in another terminal), else starts one for itself.
+    (e.g. 'jobdeck db' in another terminal), else starts one; the last jobdeck
+    process using it stops it.
     """
     _main(http=True, slots=lambda config: None)
 
@@ -125,26 +128,26 @@ def worker(slots: int | None) -> None:
 @cli.command()
 @config_option
 def db() -> None:
-    """Run the embedded database alone, in the foreground, and print its URL.
+    """Run the embedded database in the foreground and print its URL.
 
-    Other jobdeck commands with the same data_dir find and use it.
+    Other jobdeck commands with the same data_dir find and use it. Ctrl-C or
+    SIGTERM stops it, unless another jobdeck process (a worker, a server)
+    still uses it: then it is left running for them, and the last of them to
+    exit stops it. Refuses to start if the data_dir's database already runs.
     """
     config = load_config()
     setup_logging(config)
-    running = find_running(config.data_dir)
-    if running:
-        raise ConfigError(f"an embedded database already runs for {config.data_dir}: "
-                          f"{running.url} (pid {running.pid})")
-    server = EmbeddedServer(config.data_dir)
-    stop = threading.Event()
+    stopping: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    url = server.start()
-    try:
-        click.echo(url)
-        click.echo(f"embedded database running (pid {server.pid}, data in {server.storage}); "
+        signal.signal(sig, lambda sig, _frame: stopping.append(sig))
+    with shared_server(config.data_dir, exclusive=True) as shared:
+        click.echo(shared.url)
+        click.echo(f"embedded database running (pid {shared.pid}, data in {config.data_dir}); "
                    "Ctrl-C stops it", err=True)
-        while not stop.is_set() and server.process is not None and server.process.poll() is None:
-            stop.wait(0.5)
-    finally:
-        server.stop()
+        while not stopping and shared.is_running():
+            time.sleep(0.2)
+        if not stopping:
+            raise DatabaseUnavailable(f"the embedded database stopped; see {config.data_dir}/secantusd.log")
+    if shared.left_running_for:
+        click.echo(f"the embedded database keeps running for {', '.join(shared.left_running_for)}; "
+                   "the last of them to exit stops it", err=True)

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -11,6 +14,7 @@ import httpx
 import psutil
 import pytest
 from pymongo import MongoClient
+from pymongo.errors import ConnectionFailure
 
 from core.embedded import EmbeddedServer, executable, find_running, shared_server
 from core.errors import ConfigError
@@ -66,15 +70,17 @@ def test_stale_state_file_of_a_dead_server_is_ignored(tmp_path):
     (tmp_path / "embedded.json").write_text(json.dumps(
         {"pid": 999999, "url": "mongodb://127.0.0.1:9/?directConnection=true", "owner_pid": 1}))
     assert find_running(tmp_path) is None
-    with shared_server(tmp_path) as (url, server):
-        assert server is not None and "127.0.0.1:9/" not in url
+    with shared_server(tmp_path) as shared:
+        assert shared.started and "127.0.0.1:9/" not in shared.url
 
 
 def test_second_user_of_a_data_dir_shares_the_running_server(tmp_path):
-    with shared_server(tmp_path) as (url, owner):
-        with shared_server(tmp_path) as (same_url, borrowed):
-            assert same_url == url and borrowed is None
-        assert owner.process.poll() is None  # the borrower did not stop it
+    with shared_server(tmp_path) as owner:
+        with shared_server(tmp_path) as borrower:
+            assert borrower.url == owner.url and not borrower.started
+        assert owner.started and owner.is_running()  # the borrower did not stop it
+        assert borrower.left_running_for
+    assert not owner.left_running_for
     assert not processes_using(tmp_path)
 
 
@@ -168,3 +174,166 @@ def test_user_add_before_first_start_runs_its_own_server_and_stops_it(tmp_path):
     listed = subprocess.run(JOBDECK + ["user", "list", "--json"], env=env, capture_output=True,
                             text=True, timeout=60)
     assert [u["name"] for u in json.loads(listed.stdout)] == ["early"]
+
+
+# -- a stable port, and the users of a server ---------------------------------
+
+def port_of(url: str) -> int:
+    return int(url.split("//")[1].split("/")[0].split(":")[1])
+
+
+def test_port_is_recorded_and_kept_across_a_stop_and_start(tmp_path):
+    first = EmbeddedServer(tmp_path)
+    url = first.start()
+    first.stop()
+    assert int((tmp_path / "embedded.port").read_text()) == port_of(url)
+    again = EmbeddedServer(tmp_path)  # as another process would: only the files are shared
+    try:
+        assert again.start() == url
+    finally:
+        again.stop()
+
+
+def test_recorded_port_taken_by_another_program_is_replaced_recorded_and_logged(tmp_path, caplog):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        (tmp_path / "embedded.port").write_text(f"{taken}\n")
+        server = EmbeddedServer(tmp_path)
+        with caplog.at_level(logging.WARNING, logger="core.embedded"):
+            url = server.start()
+        try:
+            assert port_of(url) != taken
+            assert int((tmp_path / "embedded.port").read_text()) == port_of(url)
+            assert f"port {taken}" in caplog.text and "taken by another program" in caplog.text
+        finally:
+            server.stop()
+
+
+def test_client_connected_through_the_state_file_follows_a_restart_of_the_server(tmp_path):
+    server = EmbeddedServer(tmp_path)
+    server.start()
+    url = json.loads((tmp_path / "embedded.json").read_text())["url"]
+    with MongoClient(url, serverSelectionTimeoutMS=2000) as client:
+        client.t.things.insert_one({"name": "before"})
+        server.stop()
+        restarted = EmbeddedServer(tmp_path)
+        restarted.start()
+        try:
+            def answers() -> bool:
+                try:
+                    return client.t.things.count_documents({"name": "before"}) == 1
+                except ConnectionFailure:
+                    return False
+            wait_until(answers, timeout=20, message="the same client to reach the restarted server")
+        finally:
+            restarted.stop()
+
+
+# A jobdeck process in miniature: uses the data dir's server until its stdin gives a line.
+USER = textwrap.dedent("""
+    import sys
+    from core.embedded import shared_server
+    with shared_server(sys.argv[1]) as shared:
+        print(shared.url, flush=True)
+        sys.stdin.readline()
+""")
+
+
+def start_user(data_dir) -> tuple[subprocess.Popen, str]:
+    """A ``USER`` process and the URL it uses, once it uses it."""
+    user = subprocess.Popen([sys.executable, "-c", USER, str(data_dir)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    url = user.stdout.readline().strip()
+    assert url.startswith("mongodb://"), f"the user exited with {user.wait()}"
+    return user, url
+
+
+def pings(url: str) -> bool:
+    with MongoClient(url, serverSelectionTimeoutMS=5000) as client:
+        return client.admin.command("ping")["ok"] == 1
+
+
+def test_stale_user_entries_do_not_keep_the_server_running(tmp_path):
+    users = tmp_path / "embedded.users"
+    users.mkdir()
+    (users / "999999-dead").write_text(json.dumps({"pid": 999999, "created": 1.0}))
+    (users / f"{os.getpid()}-reused").write_text(json.dumps({"pid": os.getpid(), "created": 1.0}))
+    with shared_server(tmp_path) as shared:
+        assert shared.started
+    assert not shared.left_running_for
+    assert not processes_using(tmp_path)
+    assert not list(users.iterdir())
+
+
+def test_server_outlives_its_killed_starter_for_another_user_and_stops_when_that_one_dies(tmp_path):
+    starter, url = start_user(tmp_path)
+    server_pid = find_running(tmp_path).pid
+    other, same_url = start_user(tmp_path)
+    assert same_url == url and find_running(tmp_path).pid == server_pid
+    starter.kill()
+    starter.wait()
+    users = tmp_path / "embedded.users"
+    # The keeper drops the dead starter's entry when it counts the users.
+    wait_until(lambda: not any(entry.name.startswith(f"{starter.pid}-") for entry in users.iterdir()),
+               timeout=30, message="the keeper to notice the starter died")
+    assert find_running(tmp_path).pid == server_pid and pings(url)
+    other.kill()
+    other.wait()
+    wait_until(lambda: not processes_using(tmp_path), timeout=30,
+               message="the keeper to stop the server after its last user died")
+
+
+def test_db_on_sigint_leaves_the_database_to_its_other_user_which_stops_it_on_exit(tmp_path):
+    env = clean_env(JOBDECK_DATA_DIR=str(tmp_path))
+    db = subprocess.Popen(JOBDECK + ["db"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = db.stdout.readline().strip()
+        user, same_url = start_user(tmp_path)
+        assert same_url == url
+        db.send_signal(signal.SIGINT)
+        assert db.wait(30) == 0
+        assert f"keeps running for pid {user.pid}" in db.stderr.read()
+        assert pings(url)
+        user.stdin.write("done\n")
+        user.stdin.flush()
+        assert user.wait(30) == 0
+        assert not processes_using(tmp_path)
+    finally:
+        if db.poll() is None:
+            db.kill()
+
+
+def test_up_leaves_the_database_to_a_separate_worker_which_stops_it_when_it_exits(tmp_path):
+    port = free_port()
+    env = clean_env(JOBDECK_DATA_DIR=str(tmp_path), JOBDECK_PORT=str(port), JOBDECK_ADMIN_PASSWORD="hans",
+                    JOBDECK_HEARTBEAT_SECONDS="1", JOBDECK_LEASE_SECONDS="4", JOBDECK_KILL_GRACE_SECONDS="1",
+                    JOBDECK_SHUTDOWN_GRACE_SECONDS="5")
+    with open(tmp_path / "up.stderr", "w") as up_log, open(tmp_path / "worker.stderr", "w") as worker_log:
+        up = subprocess.Popen(JOBDECK + ["up"], env=env, stderr=up_log)
+        worker = None
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}/api/v1", up)
+            url = find_running(tmp_path).url
+            worker = subprocess.Popen(JOBDECK + ["worker", "--slots", "1"], env=env, stderr=worker_log)
+
+            def heartbeat():
+                assert worker.poll() is None, (tmp_path / "worker.stderr").read_text()
+                with MongoClient(url, serverSelectionTimeoutMS=5000) as client:
+                    found = client.jobdeck.worker.find_one({"pid": worker.pid})
+                return found and found["heartbeat"]
+            first = wait_until(heartbeat, timeout=30, message="the worker to register")
+            up.send_signal(signal.SIGINT)
+            assert up.wait(30) == 0, (tmp_path / "up.stderr").read_text()
+            running = find_running(tmp_path)
+            assert running is not None and running.url == url, "up stopped the database under the worker"
+            wait_until(lambda: heartbeat() > first, timeout=15, message="the worker's heartbeat to advance")
+            worker.send_signal(signal.SIGINT)
+            assert worker.wait(30) == 0, (tmp_path / "worker.stderr").read_text()
+            assert not processes_using(tmp_path), "the worker left the database running"
+        finally:
+            for process in (up, worker):
+                if process is not None and process.poll() is None:
+                    process.kill()
+                    process.wait()
