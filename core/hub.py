@@ -12,9 +12,17 @@ queued changes' JSON): per subscription, and in all across the hub, where a
 change queued for many subscriptions counts once. A subscriber that falls
 behind loses its queue and is told to ``resync`` (re-read from the database by
 ``version`` and ``seq``), so no buffer grows without bound; a change always
-fits into an empty queue, however large. After an error the hub resumes from
-its last resume token; a server without change streams gets a warning and
-followers poll instead.
+fits into an empty queue, however large.
+
+After an error the hub reopens the stream from its last resume token (kept
+after every batch, so a quiet stream has one too), or from now when the
+server cannot resume from it, and only once the stream is open tells every
+subscriber to ``resync``: what a follower re-reads then covers everything
+committed before the reopen, and the stream everything after. While the
+stream is down ``live`` is False: a follower asking for news polls, and one
+already waiting hears from the reopened stream. The hub retries ever more
+slowly (0.1 s doubling to 5 s) while opening fails or the stream fails at once.
+A server without change streams gets a warning and followers poll instead.
 """
 from __future__ import annotations
 
@@ -29,6 +37,8 @@ from pymongo.errors import OperationFailure, PyMongoError
 from core.encoding import dumps
 
 if TYPE_CHECKING:
+    from pymongo.asynchronous.change_stream import AsyncChangeStream
+
     from core.db import Database
 
 __all__ = ["Hub", "Subscription", "Change", "RESYNC"]
@@ -39,7 +49,16 @@ log = logging.getLogger(__name__)
 RESYNC = ("resync", None)
 
 _COLLECTIONS = ("queue", "journal", "log")
+_PIPELINE = [{"$match": {"ns.coll": {"$in": list(_COLLECTIONS)},
+                         "operationType": {"$in": ["insert", "update", "replace"]}}}]
 _MIB = 1024 * 1024
+_FIRST_DELAY, _MAX_DELAY = 0.1, 5.0  # seconds between attempts to reopen, doubling
+
+#: Errors that say the stream cannot go on from its resume token: it is no
+#: token of this stream (InvalidResumeToken), its history has left the oplog
+#: (ChangeStreamHistoryLost), or the stream cannot be resumed at all
+#: (ChangeStreamFatalError).
+_TOKEN_UNUSABLE = frozenset({260, 280, 286})
 
 
 class Change:
@@ -160,6 +179,7 @@ class Hub:
         self._ready = asyncio.Event()
         self.live = False           # a change stream is open
         self.streams_opened = 0     # change streams opened so far (1 unless errors)
+        self.failures = 0           # errors opening or reading the stream so far
         self.events = 0             # change events received
 
     @property
@@ -237,34 +257,65 @@ class Hub:
                 subscription.put(RESYNC)
 
     async def _run(self) -> None:
-        pipeline = [{"$match": {"ns.coll": {"$in": list(_COLLECTIONS)},
-                                "operationType": {"$in": ["insert", "update", "replace"]}}}]
-        delay = 0.1
+        delay = _FIRST_DELAY
         while True:
             try:
-                async with await self.db.db.watch(pipeline, full_document="updateLookup",
-                                                  resume_after=self._resume_token) as stream:
+                async with await self._open() as stream:
                     self.streams_opened += 1
                     self.live = True
                     self._ready.set()
-                    delay = 0.1
-                    async for change in stream:
+                    # Only now that the stream is open: a follower's re-read
+                    # covers what was committed before, the stream what comes
+                    # after. Told before the open, a follower could re-read,
+                    # miss a final transition committed before a stream opened
+                    # from now, and then wait for it forever.
+                    self._resync_all()
+                    while stream.alive:
+                        # try_next, not async for: an empty batch still
+                        # advances the resume token (the post-batch one), and
+                        # a quiet stream must keep it to resume.
+                        change = await stream.try_next()
                         self._resume_token = stream.resume_token
-                        self.events += 1
-                        self._dispatch(change)
+                        # Reset once the stream has answered, not when it opens:
+                        # one that fails right after every open is retried ever
+                        # more slowly, so its followers are not woken in a loop.
+                        delay = _FIRST_DELAY
+                        if change is not None:
+                            self.events += 1
+                            self._dispatch(change)
+                log.warning("hub change stream ended; reopening in %.1f s", delay)
             except asyncio.CancelledError:
                 raise
-            except OperationFailure as exc:
-                # The token fell out of the oplog: start afresh; followers re-read.
-                log.warning("hub change stream cannot resume (%s); reopening from now", exc)
-                self._resume_token = None
             except PyMongoError as exc:
-                log.warning("hub change stream failed (%s); resuming in %.1f s", exc, delay)
+                self.failures += 1
+                if self._resume_token is not None and _token_unusable(exc):
+                    self._forget_token(exc)
+                else:
+                    log.warning("hub change stream failed (%s); reopening in %.1f s", exc, delay)
             self.live = False
             self._ready.set()
-            self._resync_all()
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, _MAX_DELAY)
+
+    async def _open(self) -> AsyncChangeStream[dict[str, Any]]:
+        """The change stream, from the resume token if there is one and the server can use it."""
+        if self._resume_token is not None:
+            try:
+                return await self.db.db.watch(_PIPELINE, full_document="updateLookup",
+                                              start_after=self._resume_token)
+            except OperationFailure as exc:
+                if not _token_unusable(exc):
+                    raise
+                self.failures += 1
+                self._forget_token(exc)
+        return await self.db.db.watch(_PIPELINE, full_document="updateLookup")
+
+    def _forget_token(self, exc: PyMongoError) -> None:
+        # Correct, not just a fallback: every follower re-reads once the
+        # stream is open again, so nothing committed meanwhile is lost.
+        log.warning("hub change stream cannot resume from its token (%s); reopening from now, "
+                    "followers re-read", exc)
+        self._resume_token = None
 
     def _dispatch(self, change: dict[str, Any]) -> None:
         document = change.pop("fullDocument", None)  # the hub keeps none of it once fanned out
@@ -277,3 +328,9 @@ class Hub:
             document.pop("unique_key", None)
             document["journal"] = change["ns"]["coll"] == "journal"
             self._deliver(document["_id"], "state", document)
+
+
+def _token_unusable(exc: PyMongoError) -> bool:
+    """Whether ``exc`` says the stream cannot resume from its token (a new one must start from now)."""
+    return isinstance(exc, OperationFailure) and (
+        exc.code in _TOKEN_UNUSABLE or exc.has_error_label("NonResumableChangeStreamError"))
