@@ -212,3 +212,8 @@ def _check_combinations(config: Config) -> None:
         raise ConfigError(
             f"heartbeat_seconds ({config.heartbeat_seconds:g}) must be shorter than "
             f"lease_seconds ({config.lease_seconds:g}), or leases expire between renewals")
+    if config.kill_grace_seconds >= config.lease_seconds - config.heartbeat_seconds:
+        raise ConfigError(
+            f"kill_grace_seconds ({config.kill_grace_seconds:g}) must be shorter than lease_seconds minus "
+            f"heartbeat_seconds ({config.lease_seconds - config.heartbeat_seconds:g}), or a job being killed "
+            "could be reaped by another worker in the middle of its own kill")

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.read_concern import ReadConcern
 
 from core.errors import DatabaseUnavailable
 
@@ -78,7 +79,17 @@ class Database:
 
     @classmethod
     def connect(cls, url: str, name: str, *, timeout: float = 5.0) -> Database:
-        """Create the process's client; no I/O happens until the first command."""
+        """Create the process's client; no I/O happens until the first command.
+
+        Writes are acknowledged by a majority (``w: "majority"``), so an
+        acknowledged claim or final transition survives a failover; the
+        reaper, claims and journal reads use ``majority`` read concern
+        (``majority`` below). Each operation gives up after ``timeout``
+        seconds without a server (``serverSelectionTimeoutMS``): short, on
+        purpose, so that a request answers 503 soon; the worker does not rely
+        on it to ride out an election or outage, it retries its writes itself
+        until they are in (see ``core.run``).
+        """
         client: AsyncMongoClient = AsyncMongoClient(
             url,
             tz_aware=True,
@@ -86,8 +97,21 @@ class Database:
             appname="jobdeck",
             serverSelectionTimeoutMS=int(timeout * 1000),
             connectTimeoutMS=int(timeout * 1000),
+            w="majority",
         )
         return cls(client, name)
+
+    def majority(self, collection: AsyncCollection) -> AsyncCollection:
+        """``collection`` read with ``majority`` read concern: for decisions (claims, reaping, the journal)."""
+        return collection.with_options(read_concern=ReadConcern("majority"))
+
+    async def server_time(self) -> datetime:
+        """The database server's clock (``hello.localTime``); lease expiry is judged by it."""
+        hello = await self.client.admin.command("hello")
+        moment = hello.get("localTime")
+        if not isinstance(moment, datetime):  # a server that does not say: ours
+            return datetime.now(timezone.utc)
+        return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
     async def close(self) -> None:
         """Close the client and its connections."""

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from pymongo.errors import OperationFailure, PyMongoError
 
 from core.encoding import dumps
+from core.tasks import stop_task
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.change_stream import AsyncChangeStream
@@ -198,11 +199,8 @@ class Hub:
 
     async def stop(self) -> None:
         """Close the change stream; wake every subscriber so it can finish."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)  # the driver may swallow one cancellation during an outage
+        self._task = None
         self.live = False
         self._resync_all()
 

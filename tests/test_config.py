@@ -315,6 +315,14 @@ def test_heartbeat_not_shorter_than_lease_is_rejected(heartbeat: str, lease: str
     assert "shorter" in message
 
 
+def test_a_kill_grace_that_outlasts_the_lease_is_rejected() -> None:
+    # Another worker could reap a job in the middle of its own kill.
+    with pytest.raises(ConfigError, match=r"kill_grace_seconds \(10\) must be shorter than lease_seconds minus "
+                                          r"heartbeat_seconds \(7\)"):
+        load(env={"JOBDECK_LEASE_SECONDS": "12"})
+    assert load(env={"JOBDECK_LEASE_SECONDS": "12", "JOBDECK_KILL_GRACE_SECONDS": "6"}).kill_grace_seconds == 6
+
+
 def test_lowering_lease_below_default_heartbeat_is_rejected() -> None:
     with pytest.raises(ConfigError, match=r"heartbeat_seconds \(5\).*lease_seconds \(4\)"):
         load(env={"JOBDECK_LEASE_SECONDS": "4"})
