@@ -7,7 +7,7 @@ from typing import Any
 
 from bson import ObjectId
 
-__all__ = ["dumps", "isotime", "jsonable"]
+__all__ = ["dumps", "isotime", "jsonable", "is_utf8"]
 
 
 def isotime(moment: datetime) -> str:
@@ -36,3 +36,12 @@ def jsonable(value: Any) -> Any:
 def dumps(value: Any, **kwargs: Any) -> str:
     """Serialise ``value`` to JSON text after ``jsonable``."""
     return json.dumps(jsonable(value), ensure_ascii=False, **kwargs)
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8: a JSON string may hold a lone surrogate, which no BSON string can."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

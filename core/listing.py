@@ -26,6 +26,7 @@ from bson import ObjectId
 from dateutil.parser import isoparse
 from pymongo.errors import ExecutionTimeout
 
+from core.encoding import is_utf8
 from core.errors import BadArgument, DatabaseUnavailable
 
 if TYPE_CHECKING:
@@ -72,21 +73,11 @@ _INT64 = (-(2 ** 63), 2 ** 63 - 1)
 
 # ---------------------------------------------------------------- values
 
-def _is_utf8(text: str) -> bool:
-    # JSON can spell a lone surrogate ("\ud800"), which no UTF-8 (and so no
-    # BSON) string can hold: the encoder would fail on it, a 500.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def check_text(value: Any, name: str) -> str:
     """Return ``value`` if it is a string MongoDB can store; raise ``BadArgument`` naming ``name``."""
     if not isinstance(value, str):
         raise BadArgument(f"{name}: expected a string, got {type(value).__name__}")
-    if not _is_utf8(value):
+    if not is_utf8(value):
         raise BadArgument(f"{name}: {value!r} is not valid Unicode text (it holds a lone surrogate)")
     return value
 
@@ -135,7 +126,7 @@ def _check_field(name: Any, fields: Collection[str], where: str) -> str:
     if not isinstance(name, str) or not name:
         raise BadArgument(f"{where}: field names must be non-empty strings, got {name!r}")
     if ("$" in name or "\x00" in name or name.startswith(".") or name.endswith(".") or ".." in name
-            or not _is_utf8(name)):
+            or not is_utf8(name)):
         raise BadArgument(f"{where}: bad field name {name!r}")
     if not _is_known(name, fields):
         raise BadArgument(f"{where}: unknown field {name!r}; allowed: {_describe(fields)}")
@@ -164,7 +155,7 @@ def _check_literal(value: Any, field: str, depth: int) -> Any:
     if isinstance(value, dict):
         copy = {}
         for key, item in value.items():
-            if not isinstance(key, str) or "\x00" in key or not _is_utf8(key):
+            if not isinstance(key, str) or "\x00" in key or not is_utf8(key):
                 raise BadArgument(f"filter: bad key {key!r} in the value of {field!r}")
             if key.startswith("$"):
                 if key not in OPERATORS:

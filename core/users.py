@@ -24,6 +24,7 @@ from pymongo.errors import DuplicateKeyError
 
 from core import audit
 from core.blocking import run_blocking
+from core.encoding import is_utf8
 from core.errors import BadArgument, Conflict, NotFound
 from core.permissions import check_permission, check_role
 
@@ -68,15 +69,6 @@ def _check_password(password: str) -> str:
     if len(password) > _MAX_PASSWORD:
         raise BadArgument(f"the password is longer than {_MAX_PASSWORD} characters")
     return password
-
-
-def _is_utf8(text: str) -> bool:
-    """Whether ``text`` encodes as UTF-8 (a JSON string may hold a lone surrogate, which does not)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def public(user: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +201,7 @@ async def verify_password(db: Database, user: dict[str, Any] | None, password: s
     With ``user=None`` a dummy hash is verified so the call takes as long. A
     password no user can have (too long, or not UTF-8) is wrong at once.
     """
-    if len(password) > _MAX_PASSWORD or not _is_utf8(password):
+    if len(password) > _MAX_PASSWORD or not is_utf8(password):
         return False  # argon2 would raise on it; answering at once says nothing about the user
     if user is None:
         await run_blocking(PASSWORDS.verify, password, _dummy_hash())

@@ -40,7 +40,7 @@ from pymongo.errors import ConnectionFailure
 from tornado import httputil
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
-from core.encoding import dumps, isotime
+from core.encoding import dumps, is_utf8, isotime
 from core.errors import (BadArgument, DatabaseUnavailable, Forbidden, JobdeckError, TooLarge, TooManyRequests,
                          Unauthorized, UnsupportedMediaType)
 
@@ -376,10 +376,8 @@ def _no_surrogates(value: Any) -> None:
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError(f"string {item[:40]!r} holds a lone surrogate escape, not a character") from None
+            if not is_utf8(item):
+                raise ValueError(f"string {item[:40]!r} holds a lone surrogate escape, not a character")
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
