@@ -24,6 +24,7 @@ __all__ = ["Config", "load", "SEARCH_PATH", "ENV_PREFIX"]
 ENV_PREFIX = "JOBDECK_"
 SEARCH_PATH = (Path("jobdeck.toml"), Path("/etc/jobdeck/jobdeck.toml"))
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+JOB_STARTS = ("fork", "spawn")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Config:
     worker_slots: int = 2
     kill_grace_seconds: float = 10.0
     shutdown_grace_seconds: float = 30.0
+    job_start: str = "fork"
     tls_cert: str | None = None
     tls_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)
@@ -195,6 +197,8 @@ def _check_range(key: str, value: Any, where: str) -> None:
         raise ConfigError(f"{where}: must be greater than 0, got {value}")
     if key in ("kill_grace_seconds", "shutdown_grace_seconds") and value < 0:
         raise ConfigError(f"{where}: must not be negative, got {value}")
+    if key == "job_start" and value not in JOB_STARTS:
+        raise ConfigError(f"{where}: one of {', '.join(JOB_STARTS)}, got {value!r}")
     if key == "log_level" and value.upper() not in LOG_LEVELS:
         raise ConfigError(f"{where}: one of {', '.join(LOG_LEVELS)}, got {value!r}")
     if key in ("database", "host", "data_dir") and not value.strip():

@@ -1,8 +1,9 @@
 """One job's child process, seen from the worker: start it, read its messages, kill its group.
 
-The child runs ``python -m core.runner`` in a new session, so it leads its own
-process group and a kill reaches everything it started. See ``core.runner``
-for the protocol.
+The child runs ``core.runner`` in a new session, so it leads its own process
+group and a kill reaches everything it started: forked by the worker's
+launcher (``core.forkserver``), or spawned as ``python -m core.runner``. See
+``core.runner`` for the protocol.
 
 The end of a run is learnt from the child's exit, through a pidfd, not from
 its pipes: a helper it started may hold those open for as long as it lives,
@@ -36,9 +37,12 @@ import termios
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from core.runner import MAX_MESSAGE, LineSplitter, cut
+
+if TYPE_CHECKING:
+    from core.forkserver import ForkServer
 
 __all__ = ["JobProcess", "Outcome"]
 
@@ -90,8 +94,9 @@ class JobProcess:
     """
 
     def __init__(self, job: dict[str, Any], trial: int, *, on_log: LogSink,
-                 on_progress: ProgressSink) -> None:
+                 on_progress: ProgressSink, launcher: ForkServer | None = None) -> None:
         self.job = job
+        self.launcher = launcher
         self.trial = trial
         self.on_log = on_log
         self.on_progress = on_progress
@@ -107,6 +112,7 @@ class JobProcess:
         self._exit: asyncio.Future[None] | None = None
         self._exited_at = 0.0
         self._closed = False
+        self._released = False  # the launcher was told to reap the child
 
     @property
     def pid(self) -> int | None:
@@ -124,7 +130,7 @@ class JobProcess:
         return self._exit is not None and self._exit.done()
 
     async def start(self) -> None:
-        """Start the child and hand it the job.
+        """Start the child (forked by ``launcher``, or spawned) and hand it the job.
 
         Raises ``OSError`` if the process cannot be started.
         """
@@ -132,8 +138,12 @@ class JobProcess:
         channel_r, channel_w = os.pipe()
         output_r, output_w = os.pipe()
         try:
-            self._popen = subprocess.Popen([sys.executable, "-m", "core.runner"], stdin=stdin_r,
-                                           stdout=channel_w, stderr=output_w, start_new_session=True)
+            if self.launcher is not None:
+                pid = await self.launcher.launch(stdin_r, channel_w, output_w)
+            else:
+                self._popen = subprocess.Popen([sys.executable, "-m", "core.runner"], stdin=stdin_r,
+                                               stdout=channel_w, stderr=output_w, start_new_session=True)
+                pid = self._popen.pid
         except BaseException:
             for fd in (stdin_w, channel_r, output_r):
                 os.close(fd)
@@ -141,7 +151,7 @@ class JobProcess:
         finally:
             for fd in (stdin_r, channel_w, output_w):
                 os.close(fd)
-        self._attach(self._popen.pid, stdin=stdin_w, channel=channel_r, output=output_r)
+        self._attach(pid, stdin=stdin_w, channel=channel_r, output=output_r)
         spec = {"job_id": str(self.job["_id"]), "qual_name": self.job["qual_name"],
                 "args": self.job.get("args") or {}, "trial": self.trial}
         await self._send(json.dumps(spec).encode() + b"\n")
@@ -213,6 +223,9 @@ class JobProcess:
         try:
             await asyncio.gather(*readers)
             await self._exit
+            if self.launcher is not None and self._pid is not None:
+                self.returncode = await self.launcher.release(self._pid)
+                self._released = True
         finally:
             for reader in readers:
                 reader.cancel()
@@ -347,6 +360,9 @@ class JobProcess:
             self._kill_group(signal.SIGKILL)
             if self._popen is not None:  # reap it when it is gone
                 threading.Thread(target=self._popen.wait, daemon=True, name=f"reap-{self._pid}").start()
+
+        if self.launcher is not None and self._pid is not None and not self._released:
+            self.launcher.forget(self._pid)  # the launcher reaps it whenever it exits
         for fd in [self._stdin, *(pipe.fd for pipe in self._pipes)]:
             if fd is not None:
                 os.close(fd)

@@ -17,7 +17,11 @@ Its parts, each in a module of its own:
 - **running** (``core.run``): one ``Run`` per claimed job, which supervises its
   child process and writes its end, and which no database error ends;
 - **leases** (``core.lease``): renewals fenced by each run's claim token, the
-  worker's heartbeat, and reaping the jobs of dead workers.
+  worker's heartbeat, and reaping the jobs of dead workers;
+- **starting processes** (``core.forkserver``): with ``job_start = "fork"``
+  (the default) a launcher process that imported the job modules once forks
+  each job's process; with ``"spawn"``, or where fork is unavailable, each job
+  starts a fresh ``python -m core.runner``.
 
 The claim loop is supervised: an error in it is logged and the loop goes on,
 so a worker never looks alive while it claims nothing.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -35,8 +40,9 @@ from typing import TYPE_CHECKING, Any
 from pymongo.errors import PyMongoError
 
 from core import claim as claiming
-from core import states
+from core import forkserver, states
 from core.lease import Leases, reap_expired
+from core.process import JobProcess
 from core.run import Run
 
 if TYPE_CHECKING:
@@ -71,12 +77,15 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._claimer: asyncio.Task[None] | None = None
+        self.claimer = claiming.Claimer(db, worker=self.id, host=self.host, classes=classes, batch=slots * 4)
         self.leases = Leases(db, worker_id=self.id, lease_seconds=config.lease_seconds,
                              heartbeat_seconds=config.heartbeat_seconds, runs=lambda: self.runs.values(),
-                             on_reaped=self._wake.set)
-        self.watcher = claiming.QueueWatcher(db, wake=self._wake.set, killed=self._killed,
+                             on_reaped=self._queue_changed)
+        self.watcher = claiming.QueueWatcher(db, wake=self._queue_changed, killed=self._killed,
                                              reopened=self._check_kills, retry_seconds=poll_seconds)
         self._checks: set[asyncio.Task[None]] = set()
+        #: The fork server, while jobs are started by fork (None: spawned).
+        self.launcher: forkserver.ForkServer | None = None
 
     # -- life cycle ------------------------------------------------------
 
@@ -86,11 +95,28 @@ class Worker:
             "_id": self.id, "host": self.host, "pid": os.getpid(), "started": "$$NOW", "heartbeat": "$$NOW",
             "slots": self.slots, "running": [], "jobs": sorted(self.classes)}}], upsert=True)
         await states.complete_moves(self.db)
+        await self._start_launcher()
         self._claimer = asyncio.create_task(self._claim_loop(), name="worker-claim")
         self.leases.start()
         if self.db.change_streams:
             self.watcher.start()
-        log.info("worker %s started with %d slots for %d job classes", self.id, self.slots, len(self.classes))
+        log.info("worker %s started with %d slots for %d job classes, jobs started by %s", self.id, self.slots,
+                 len(self.classes), "fork" if self.launcher else "spawn")
+
+    async def _start_launcher(self) -> None:
+        if self.config.job_start != "fork":
+            return
+        if not forkserver.is_available():
+            log.warning("job_start is fork, but this platform cannot run the fork server; jobs are spawned")
+            return
+        launcher = forkserver.ForkServer([cls.__module__ for cls in self.classes.values()])
+        try:
+            await launcher.start()
+        except OSError as exc:
+            log.error("cannot start the job launcher (%s); jobs are spawned instead", exc)
+            await launcher.stop()
+            return
+        self.launcher = launcher
 
     def hurry(self) -> None:
         """Stop running jobs now instead of waiting for the grace period (they go back to pending)."""
@@ -123,6 +149,8 @@ class Worker:
         await self.leases.stop()
         for task in list(self._checks):
             task.cancel()
+        if self.launcher is not None:
+            await self.launcher.stop()
         with contextlib.suppress(PyMongoError):
             await self.db.worker.delete_one({"_id": self.id})
         log.info("worker %s stopped", self.id)
@@ -131,8 +159,12 @@ class Worker:
 
     async def claim(self) -> list[dict[str, Any]]:
         """Claim as many due jobs as there are free slots; return them (now ``running``)."""
-        return await claiming.claim(self.db, worker=self.id, host=self.host, classes=self.classes,
-                                    n=self.slots - len(self.runs), running=self.runs)
+        return await self.claimer.claim(self.slots - len(self.runs), running=self.runs)
+
+    def _queue_changed(self) -> None:
+        """A job came, fell due or was reaped: claim from a fresh scan."""
+        self.claimer.invalidate()
+        self._wake.set()
 
     async def _next_due_in(self) -> float:
         """Seconds until the next waiting job falls due (at most ``poll_seconds`` without change streams)."""
@@ -150,8 +182,10 @@ class Worker:
                         self._launch(job)
                     continue
                 timeout = await self._next_due_in() if len(self.runs) < self.slots else None
-                with contextlib.suppress(asyncio.TimeoutError):
+                try:
                     await asyncio.wait_for(self._wake.wait(), timeout)
+                except asyncio.TimeoutError:
+                    self.claimer.invalidate()  # a job fell due (or, without change streams, anything)
             except PyMongoError as exc:  # not only ConnectionFailure: any error must not end claiming
                 log.warning("database error while claiming (%s); retrying", exc)
                 await asyncio.sleep(self.poll_seconds)
@@ -160,7 +194,8 @@ class Worker:
                 await asyncio.sleep(self.poll_seconds)
 
     def _launch(self, job: dict[str, Any]) -> None:
-        run = Run(self.db, job, kill_grace=self.kill_grace)
+        run = Run(self.db, job, kill_grace=self.kill_grace,
+                  start=functools.partial(JobProcess, launcher=self.launcher))
         if self._stopping:
             run.request_stop("shutdown")  # claimed while stopping: straight back to pending
         self.runs[run.id] = run

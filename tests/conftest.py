@@ -151,9 +151,9 @@ async def worker_factory(db: Database, config: Config,
 
     async def start(*, slots: int = 4, kill_grace: float = 0.5, shutdown_grace: float = 0.2,
                     lease_seconds: float | None = None, heartbeat_seconds: float = 0.5,
-                    poll_seconds: float = 0.2) -> Worker:
+                    poll_seconds: float = 0.2, job_start: str = "fork") -> Worker:
         settings = dataclasses.replace(config, heartbeat_seconds=heartbeat_seconds,
-                                       lease_seconds=lease_seconds or config.lease_seconds)
+                                       lease_seconds=lease_seconds or config.lease_seconds, job_start=job_start)
         worker = Worker(db, settings, classes=job_classes, slots=slots, kill_grace=kill_grace,
                         shutdown_grace=shutdown_grace, poll_seconds=poll_seconds)
         await worker.start()

@@ -115,3 +115,11 @@ class LogThenDeferJob(Job):
         if self.trial < until:
             self.defer(f"trial {self.trial} of {until}: not yet")
         return {"trial": self.trial}
+
+
+class ProcessFactsJob(Job):
+    """Returns what its process looks like: ids, session, open descriptors, modules already imported."""
+
+    def execute(self, module: str = "jobs.example") -> dict:
+        return {"pid": os.getpid(), "pgid": os.getpgrp(), "sid": os.getsid(0), "ppid": os.getppid(),
+                "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")), "imported": module in sys.modules}

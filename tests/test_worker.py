@@ -87,9 +87,11 @@ def start_worker(worker_factory: StartWorker) -> StartWorker:
 
 # --- outcomes -----------------------------------------------------------------------------
 
-async def test_dummy_job_completes_with_result_log_and_progress(db: Database, start_worker: StartWorker) -> None:
+@pytest.mark.parametrize("job_start", ["fork", "spawn"])
+async def test_dummy_job_completes_with_result_log_and_progress(db: Database, start_worker: StartWorker,
+                                                                job_start: str) -> None:
     job = await enqueue(db, args={"sleep": 0.3, "loop_time": 0.1})
-    await start_worker()
+    await start_worker(job_start=job_start)
 
     done = await finished(db, job["_id"])
 
@@ -269,10 +271,11 @@ async def test_kill_of_a_running_job_ends_it_killed_and_its_process_is_gone(
     await wait_for(lambda: is_gone(process), 10, message="the job process to end")
 
 
+@pytest.mark.parametrize("job_start", ["fork", "spawn"])
 async def test_kill_of_a_job_ignoring_sigterm_kills_its_whole_process_group(
-        db: Database, start_worker: StartWorker) -> None:
+        db: Database, start_worker: StartWorker, job_start: str) -> None:
     job = await enqueue(db, "jobs.example.StubbornJob")
-    await start_worker(kill_grace=0.5)
+    await start_worker(kill_grace=0.5, job_start=job_start)
     pid = (await running_with_pid(db, job["_id"]))["locked"]["pid"]
     said = await wait_for(lambda: db.log.find_one({"job_id": job["_id"], "message": {"$regex": "child pid"}}),
                           message="the stubborn job to fork")
@@ -372,10 +375,12 @@ async def test_stopped_worker_lets_a_job_finish_within_the_grace_period(
 
 # --- logs and throughput ------------------------------------------------------------------
 
-async def test_chatty_job_keeps_every_log_line_in_order(db: Database, start_worker: StartWorker) -> None:
+@pytest.mark.parametrize("job_start", ["fork", "spawn"])
+async def test_chatty_job_keeps_every_log_line_in_order(db: Database, start_worker: StartWorker,
+                                                       job_start: str) -> None:
     lines = 20_000
     job = await enqueue(db, "jobs.example.ChattyJob", {"lines": lines})
-    await start_worker()
+    await start_worker(job_start=job_start)
 
     done = await finished(db, job["_id"], timeout=60)
 
@@ -499,8 +504,8 @@ from core.config import Config
 from core.db import Database
 from core.worker import Worker
 
-async def main(url, name):
-    config = Config(mongo_url=url, database=name, lease_seconds=3, heartbeat_seconds=0.5)
+async def main(url, name, job_start):
+    config = Config(mongo_url=url, database=name, lease_seconds=3, heartbeat_seconds=0.5, job_start=job_start)
     db = Database.connect(url, name)
     await db.setup(log_retention_days=config.log_retention_days)
     classes = registry.discover()
@@ -510,15 +515,16 @@ async def main(url, name):
     print("started", worker.id, flush=True)
     await asyncio.Event().wait()
 
-asyncio.run(main(sys.argv[1], sys.argv[2]))
+asyncio.run(main(*sys.argv[1:4]))
 """
 
 
+@pytest.mark.parametrize("job_start", ["fork", "spawn"])
 async def test_job_of_a_killed_worker_is_reaped_and_completed_once_by_another(
-        db: Database, config: Config, start_worker: StartWorker, tmp_path: Path) -> None:
+        db: Database, config: Config, start_worker: StartWorker, tmp_path: Path, job_start: str) -> None:
     with open(tmp_path / "worker.err", "wb") as errors:
         lost = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", WORKER_SCRIPT, config.mongo_url, config.database, cwd=ROOT,
+            sys.executable, "-c", WORKER_SCRIPT, config.mongo_url, config.database, job_start, cwd=ROOT,
             stdout=asyncio.subprocess.PIPE, stderr=errors)
     try:
         line = await asyncio.wait_for(lost.stdout.readline(), 30)
