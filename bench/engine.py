@@ -1,14 +1,19 @@
-"""Benchmark of the job engine against the database's own limit, measured in the same run.
+"""Benchmark of the job engine against the database's own limit and the cost of a process, measured in the same run.
 
-    .venv/bin/python bench/engine.py [--jobs 300] [--samples 100] [--mongo-url URL]
+    .venv/bin/python bench/engine.py [--jobs 1000] [--samples 100] [--mongo-url URL]
 
 Prints:
-- raw cost of the database operations one job needs (insert, conditional
-  update by _id+version, delete), one at a time, on the same server;
+- the cost of starting and ending a no-op job's process: forked by the fork
+  server, and spawned (``python -m core.runner``);
+- the database limit: the writes a queued job costs from its claim to the
+  journal (a compare-and-set, then a transaction deleting it from the queue
+  and writing the journal), done raw by 2 concurrent writers on the same
+  server, without any of jobdeck's code;
+- no-op jobs per second, ``--jobs`` queued before the workers start, clock
+  from the first claim to the last end: 1 worker x 2 slots (fork and spawn),
+  and 2 workers x 2 slots;
 - enqueue-to-running latency with an idle worker (p50, p99), from the job's
-  own timestamps (``enqueued.at`` -> ``locked.at``);
-- no-op jobs per second with one worker of 2 slots, against the database limit
-  for the writes a job costs and against the cost of starting a job process.
+  own timestamps (``enqueued.at`` -> its claim).
 
 Without --mongo-url it starts its own embedded server (in memory).
 """
@@ -20,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 from common import ROOT, database, percentile  # also puts the project on sys.path
 
@@ -27,58 +33,83 @@ from bson import ObjectId  # noqa: E402
 
 from core import queue, registry  # noqa: E402
 from core.db import Database  # noqa: E402
+from core.forkserver import ForkServer  # noqa: E402
 from core.process import JobProcess  # noqa: E402
 
 NOOP = "jobs.example.NoopJob"
-# The writes one job costs at the least: enqueue (insert), claim, pid and
-# end (3 conditional updates), journal (insert), queue (delete), audit (insert).
-JOB_WRITES = {"insert": 3, "update": 3, "delete": 1}
 
 
-async def raw_costs(db: Database, count: int) -> dict[str, float]:
-    """Seconds per insert_one, conditional update_one and delete_one (sequential)."""
-    collection = db.db["bench_raw"]
-    ids = [ObjectId() for _ in range(count)]
+async def raw_job_limit(db: Database, count: int, writers: int = 2) -> float:
+    """Jobs per second the database takes for a job's writes after its enqueue, done raw by ``writers``."""
+    queue_, journal = db.db["bench_raw_queue"], db.db["bench_raw_journal"]
+    await queue_.insert_many([{"_id": ObjectId(), "state": "pending", "version": 1, "payload": "x" * 300}
+                              for _ in range(count)])
+    ids = [doc["_id"] for doc in await queue_.find({}, {"_id": 1}).to_list()]
+    chunks = [ids[n::writers] for n in range(writers)]
+
+    async def writer(chunk: list[Any]) -> None:
+        for _id in chunk:
+            await queue_.update_one({"_id": _id, "state": "pending", "version": 1},
+                                    {"$set": {"state": "running", "locked": {"token": "t"}}, "$inc": {"version": 1}})
+
+            async def move(session: Any) -> None:
+                doc = await queue_.find_one_and_delete({"_id": _id, "state": "running", "locked.token": "t"},
+                                                       session=session)
+                await journal.replace_one({"_id": _id}, {**doc, "state": "complete"}, upsert=True, session=session)
+            async with db.client.start_session() as session:
+                await session.with_transaction(move)
+
     started = time.perf_counter()
-    for _id in ids:
-        await collection.insert_one({"_id": _id, "state": "pending", "version": 1, "payload": "x" * 200})
-    insert = (time.perf_counter() - started) / count
-    started = time.perf_counter()
-    for _id in ids:
-        await collection.update_one({"_id": _id, "state": "pending", "version": 1},
-                                    {"$set": {"state": "running"}, "$inc": {"version": 1}})
-    update = (time.perf_counter() - started) / count
-    started = time.perf_counter()
-    for _id in ids:
-        await collection.delete_one({"_id": _id})
-    delete = (time.perf_counter() - started) / count
-    await collection.drop()
-    return {"insert": insert, "update": update, "delete": delete}
+    await asyncio.gather(*(writer(chunk) for chunk in chunks))
+    elapsed = time.perf_counter() - started
+    await queue_.drop()
+    await journal.drop()
+    return count / elapsed
 
 
-async def process_cost(count: int = 20) -> float:
-    """Seconds to start and finish the job process of a no-op job, as the worker does it."""
+async def process_cost(launcher: ForkServer | None, count: int) -> float:
+    """Seconds to start and finish the process of a no-op job, as the worker does it."""
     async def ignore(*args: object, **kwargs: object) -> None:
         pass
 
     job = {"_id": ObjectId(), "qual_name": NOOP, "args": {}}
     started = time.perf_counter()
     for _ in range(count):
-        process = JobProcess(job, 1, on_log=ignore, on_progress=ignore)
+        process = JobProcess(job, 1, on_log=ignore, on_progress=ignore, launcher=launcher)
         await process.start()
         assert (await process.wait()).kind == "result"
     return (time.perf_counter() - started) / count
 
 
-def start_worker(url: str, database: str, slots: int) -> subprocess.Popen:
+async def process_costs() -> tuple[float, float]:
+    """(fork server, spawn) seconds per no-op job process."""
+    launcher = ForkServer(["jobs.example"])
+    await launcher.start()
+    try:
+        await process_cost(launcher, 5)  # warm-up
+        forked = await process_cost(launcher, 100)
+    finally:
+        await launcher.stop()
+    return forked, await process_cost(None, 20)
+
+
+def start_worker(url: str, database: str, slots: int, job_start: str = "fork") -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBDECK_")}
-    env.update(JOBDECK_MONGO_URL=url, JOBDECK_DATABASE=database, JOBDECK_LOG_LEVEL="WARNING")
+    env.update(JOBDECK_MONGO_URL=url, JOBDECK_DATABASE=database, JOBDECK_LOG_LEVEL="WARNING",
+               JOBDECK_JOB_START=job_start)
     return subprocess.Popen([sys.executable, "-m", "jobdeck", "worker", "--slots", str(slots)], env=env,
                             cwd=ROOT)
 
 
-async def wait_worker(db: Database) -> None:
-    while not await db.worker.count_documents({}):
+def stop_workers(workers: list[subprocess.Popen]) -> None:
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        worker.wait()
+
+
+async def wait_workers(db: Database, count: int = 1) -> None:
+    while await db.worker.count_documents({}) < count:
         await asyncio.sleep(0.05)
 
 
@@ -98,17 +129,21 @@ def claimed_at(job: dict) -> float:
     return job["finished_at"].timestamp() - job["runtime"]
 
 
-async def throughput(db: Database, user: dict, count: int, url: str) -> tuple[float, float]:
-    """(jobs per second, wall seconds) for ``count`` no-op jobs with a fresh 2-slot worker."""
+async def throughput(db: Database, user: dict, count: int, url: str, *, workers: int = 1, slots: int = 2,
+                     job_start: str = "fork") -> tuple[float, float]:
+    """(jobs per second, wall seconds) for ``count`` queued no-op jobs with fresh workers.
+
+    The clock runs from the first claim to the last end.
+    """
+    await db.journal.delete_many({})
     for _ in range(count):
         await queue.enqueue(db, NOOP, {}, user=user)
-    worker = start_worker(url, db.name, 2)
+    started = [start_worker(url, db.name, slots, job_start) for _ in range(workers)]
     try:
         while await db.journal.count_documents({}) < count:
             await asyncio.sleep(0.1)
     finally:
-        worker.terminate()
-        worker.wait()
+        stop_workers(started)
     jobs = await db.journal.find({}, {"finished_at": 1, "runtime": 1}).to_list()
     first_claim = min(claimed_at(j) for j in jobs)
     last_end = max(j["finished_at"].timestamp() for j in jobs)
@@ -122,37 +157,30 @@ async def main(args: argparse.Namespace, url: str) -> None:
         await registry.sync(db, registry.discover())
         user = queue.operator("bench")
 
-        raw = await raw_costs(db, args.raw)
-        per_job_db = sum(raw[op] * n for op, n in JOB_WRITES.items())
-        spawn = await process_cost()
-        print(f"database, one operation at a time ({args.raw} each):")
-        for op, seconds in raw.items():
-            print(f"  {op:<8} {seconds * 1000:7.3f} ms  ({1 / seconds:8.0f} ops/s)")
-        print(f"  writes one job needs ({', '.join(f'{n} {op}' for op, n in JOB_WRITES.items())}): "
-              f"{per_job_db * 1000:.2f} ms -> limit {1 / per_job_db:.0f} jobs/s per writer")
-        print(f"job process start+exit (python -m core.runner, no-op): {spawn * 1000:.1f} ms "
-              f"-> limit {2 / spawn:.0f} jobs/s with 2 slots")
+        forked, spawned = await process_costs()
+        print("job process start+exit (no-op job):")
+        print(f"  fork server  {forked * 1000:6.1f} ms  -> limit {2 / forked:5.0f} jobs/s with 2 slots")
+        print(f"  spawn        {spawned * 1000:6.1f} ms  -> limit {2 / spawned:5.0f} jobs/s with 2 slots")
+
+        limit = await raw_job_limit(db, args.raw)
+        print(f"database limit: a job's writes after its enqueue (claim; delete + journal in a transaction), "
+              f"raw, 2 writers: {limit:.0f} jobs/s")
+
+        for workers, job_start in ((1, "fork"), (1, "spawn"), (2, "fork")):
+            jobs = args.jobs if job_start == "fork" else max(50, args.jobs // 5)
+            rate, wall = await throughput(db, user, jobs, url, workers=workers, job_start=job_start)
+            print(f"no-op jobs, {workers} worker{'s' if workers > 1 else ''} x 2 slots, {job_start}: "
+                  f"{jobs} jobs in {wall:.1f} s = {rate:.0f} jobs/s = {rate / limit * 100:.0f}% of the database limit")
 
         worker = start_worker(url, db.name, 2)
         try:
-            await wait_worker(db)
-            await latency(db, user, 3)  # warm-up
+            await wait_workers(db)
+            await latency(db, user, 5)  # warm-up
             values = await latency(db, user, args.samples)
         finally:
-            worker.terminate()
-            worker.wait()
-        p50, p99 = percentile(values, 0.5), percentile(values, 0.99)
+            stop_workers([worker])
         print(f"enqueue-to-running latency, idle worker ({args.samples} jobs): "
-              f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "
-              f"(one conditional update costs {raw['update'] * 1000:.2f} ms)")
-
-        await db.journal.delete_many({})
-        rate, wall = await throughput(db, user, args.jobs, url)
-        db_limit = 1 / per_job_db
-        spawn_limit = 2 / spawn
-        print(f"no-op jobs, 1 worker x 2 slots ({args.jobs} jobs in {wall:.1f} s): {rate:.1f} jobs/s "
-              f"= {rate / db_limit * 100:.0f}% of the database limit ({db_limit:.0f}/s), "
-              f"{rate / spawn_limit * 100:.0f}% of the process-start limit ({spawn_limit:.0f}/s)")
+              f"p50 {percentile(values, 0.5) * 1000:.1f} ms, p99 {percentile(values, 0.99) * 1000:.1f} ms")
     finally:
         await db.client.drop_database(db.name)
         await db.close()
@@ -160,9 +188,9 @@ async def main(args: argparse.Namespace, url: str) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--jobs", type=int, default=300, help="no-op jobs for the throughput run")
+    parser.add_argument("--jobs", type=int, default=1000, help="no-op jobs for the throughput runs")
     parser.add_argument("--samples", type=int, default=100, help="jobs for the latency run")
-    parser.add_argument("--raw", type=int, default=1000, help="operations per raw measurement")
+    parser.add_argument("--raw", type=int, default=1000, help="jobs for the raw database measurement")
     parser.add_argument("--mongo-url", help="benchmark this server instead of an embedded one")
     arguments = parser.parse_args()
     with database(arguments.mongo_url) as mongo_url:

@@ -1,9 +1,10 @@
 """Claiming due jobs, and the change stream that says when to look.
 
-- ``claim`` finds the most urgent due jobs (highest priority, then oldest;
-  ``query_at`` has come) among the classes a worker runs, and takes up to
-  ``n`` of them, each with a compare-and-set on ``{_id, state, version}``
-  through ``states.transition``: of two workers exactly one wins a job. A
+- ``Claimer`` finds the most urgent due jobs (highest priority, then oldest;
+  ``query_at`` has come) among the classes a worker runs, and takes as many
+  as it has free slots, each with a compare-and-set on ``{_id, state,
+  version}`` through ``states.transition``: of two workers exactly one wins
+  a job. It keeps the other candidates of a scan for the next free slot. A
   claim writes a fresh ``locked.token`` (see ``core.lease``). Ids the worker
   runs already are never claimed again by it.
 - ``next_due_in`` says how long until the next waiting job falls due.
@@ -33,7 +34,7 @@ from core.tasks import stop_task
 if TYPE_CHECKING:
     from core.db import Database
 
-__all__ = ["claim", "next_due_in", "QueueWatcher"]
+__all__ = ["Claimer", "next_due_in", "QueueWatcher"]
 
 log = logging.getLogger(__name__)
 
@@ -46,32 +47,66 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-async def claim(db: Database, *, worker: str, host: str, classes: Collection[str], n: int,
-                running: Collection[Any] = ()) -> list[dict[str, Any]]:
-    """Claim up to ``n`` due jobs of ``classes``; return them (now ``running``), most urgent first."""
-    if n <= 0:
-        return []
-    now = _now()
-    candidates = await db.majority(db.queue).find(
-        {"state": {"$in": _WAITING}, "query_at": {"$lte": now}, "qual_name": {"$in": list(classes)}},
-    ).sort([("priority", -1), ("_id", 1)]).limit(n * 2 + 2).to_list()
-    claimed: list[dict[str, Any]] = []
-    for job in candidates:
-        if len(claimed) == n:
-            break
-        if job.get("_id") in running:
-            continue  # still running here under an older claim: never two processes of one job
-        locked = {"worker": worker, "host": host, "pid": None, "at": now, "heartbeat": now,
-                  "token": secrets.token_hex(8)}
-        try:
-            claimed.append(await transition(db, job, State.RUNNING, trial=job["trial"] + 1, locked=locked,
-                                            started_at=job.get("started_at") or now,
-                                            prog={"value": 0.0, "message": None}))
-        except Conflict:
-            continue  # another worker got it first
-        except _MALFORMED as exc:
-            log.error("cannot claim job %s, its document is malformed (%r); skipping it", job.get("_id"), exc)
-    return claimed
+class Claimer:
+    """Claims a worker's next jobs; keeps the candidates a scan found beyond its free slots.
+
+    A scan reads the ``batch`` most urgent due jobs; those not claimed at once
+    wait in a ready list, so that a slot that frees up claims its next job
+    with one compare-and-set and no read. The list holds documents as read:
+    a job that changed meanwhile (claimed elsewhere, killed) fails its
+    compare-and-set and is dropped. Whoever learns that the queue changed in
+    a way the list cannot know (a new job, one due again, one reaped) calls
+    ``invalidate``, and the next claim scans again.
+    """
+
+    def __init__(self, db: Database, *, worker: str, host: str, classes: Collection[str], batch: int) -> None:
+        self.db = db
+        self.worker = worker
+        self.host = host
+        self.classes = list(classes)
+        self.batch = batch
+        self._ready: list[dict[str, Any]] = []
+
+    def invalidate(self) -> None:
+        """Forget the candidates: the next claim scans the queue."""
+        self._ready.clear()
+
+    async def claim(self, n: int, running: Collection[Any] = ()) -> list[dict[str, Any]]:
+        """Claim up to ``n`` due jobs; return them (now ``running``), most urgent first."""
+        if n <= 0:
+            return []
+        claimed = await self._take(n, running)
+        if len(claimed) < n:
+            self._ready = await self._scan(max(self.batch, n))
+            claimed += await self._take(n - len(claimed), running)
+        return claimed
+
+    async def _scan(self, limit: int) -> list[dict[str, Any]]:
+        return await self.db.majority(self.db.queue).find(
+            {"state": {"$in": _WAITING}, "query_at": {"$lte": _now()}, "qual_name": {"$in": self.classes}},
+        ).sort([("priority", -1), ("_id", 1)]).limit(limit).to_list()
+
+    async def _take(self, n: int, running: Collection[Any]) -> list[dict[str, Any]]:
+        claimed: list[dict[str, Any]] = []
+        while self._ready and len(claimed) < n:
+            job = self._ready.pop(0)
+            if job.get("_id") in running:
+                continue  # still running here under an older claim: never two processes of one job
+            now = _now()
+            locked = {"worker": self.worker, "host": self.host, "pid": None, "at": now, "heartbeat": now,
+                      "token": secrets.token_hex(8)}
+            try:
+                claimed.append(await transition(self.db, job, State.RUNNING, trial=job["trial"] + 1, locked=locked,
+                                                started_at=job.get("started_at") or now,
+                                                prog={"value": 0.0, "message": None}))
+            except Conflict:
+                continue  # another worker got it first, or it changed since the scan
+            except _MALFORMED as exc:
+                log.error("cannot claim job %s, its document is malformed (%r); skipping it", job.get("_id"), exc)
+            except BaseException:
+                self._ready.clear()  # a database error: whether the last one was claimed is unknown
+                raise
+        return claimed
 
 
 async def next_due_in(db: Database, classes: Collection[str], ceiling: float) -> float:

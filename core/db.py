@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
@@ -16,6 +16,9 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from pymongo.read_concern import ReadConcern
 
 from core.errors import DatabaseUnavailable
+
+if TYPE_CHECKING:
+    from core.cache import Cache
 
 __all__ = ["Database", "COLLECTIONS", "LOG_TTL_INDEX"]
 
@@ -74,11 +77,15 @@ class Database:
         self.transactions = False
         #: Whether the server has change streams (same condition).
         self.change_streams = False
+        #: Whether the server runs ``bulkWrite`` across collections (MongoDB 8.0+).
+        self.client_bulk_write = False
+        #: This process's caches of documents, by collection (see ``changed``).
+        self.caches: dict[str, list[Cache]] = {}
         for collection in COLLECTIONS:
             setattr(self, collection, self.db[collection])
 
     @classmethod
-    def connect(cls, url: str, name: str, *, timeout: float = 5.0) -> Database:
+    def connect(cls, url: str, name: str, *, timeout: float = 5.0, event_listeners: list[Any] | None = None) -> Database:
         """Create the process's client; no I/O happens until the first command.
 
         Writes are acknowledged by a majority (``w: "majority"``), so an
@@ -88,7 +95,8 @@ class Database:
         seconds without a server (``serverSelectionTimeoutMS``): short, on
         purpose, so that a request answers 503 soon; the worker does not rely
         on it to ride out an election or outage, it retries its writes itself
-        until they are in (see ``core.run``).
+        until they are in (see ``core.run``). ``event_listeners`` are PyMongo
+        monitoring listeners (tests count commands with them).
         """
         client: AsyncMongoClient = AsyncMongoClient(
             url,
@@ -98,6 +106,7 @@ class Database:
             serverSelectionTimeoutMS=int(timeout * 1000),
             connectTimeoutMS=int(timeout * 1000),
             w="majority",
+            event_listeners=event_listeners or [],
         )
         return cls(client, name)
 
@@ -113,6 +122,15 @@ class Database:
             return datetime.now(timezone.utc)
         return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
+    def changed(self, collection: str, document_id: Any = None) -> None:
+        """Drop a changed document of ``collection`` (``None``: any) from this process's caches.
+
+        Called by the core function that wrote it, so that this process sees
+        the change at once; other processes hear of it from their hub.
+        """
+        for cache in self.caches.get(collection, ()):
+            cache.drop(document_id)
+
     async def close(self) -> None:
         """Close the client and its connections."""
         await self.client.close()
@@ -127,6 +145,7 @@ class Database:
             hello = await self.client.admin.command("hello")
             replica_set = "setName" in hello or hello.get("msg") == "isdbgrid"
             self.transactions = self.change_streams = replica_set
+            self.client_bulk_write = hello.get("maxWireVersion", 0) >= 25
             for collection, models in _INDEXES.items():
                 await self.db[collection].create_indexes(models)
             await self._ensure_log_ttl(int(log_retention_days * 86400))

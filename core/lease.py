@@ -48,15 +48,18 @@ def fence(job_id: Any, token: str) -> dict[str, Any]:
 
 
 async def fail(db: Database, job: dict[str, Any], error: dict[str, Any], now: datetime,
-               retry_at: datetime, **extra: Any) -> dict[str, Any]:
-    """Use one attempt: ``failed`` (retried at ``retry_at``) or, with none left, ``error``."""
+               retry_at: datetime, *, fence: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """Use one attempt: ``failed`` (retried at ``retry_at``) or, with none left, ``error``.
+
+    ``fence``: see ``core.states.transition``.
+    """
     left = job["attempts_left"] - 1
     fields = {"attempts_left": left, "last_error": error, "locked": None, **extra}
     if left > 0:
-        return await transition(db, job, State.FAILED, query_at=retry_at, **fields)
+        return await transition(db, job, State.FAILED, fence=fence, query_at=retry_at, **fields)
     started = (job.get("locked") or {}).get("at")
     runtime = round((now - started).total_seconds(), 3) if started else None
-    return await transition(db, job, State.ERROR, finished_at=now, runtime=runtime, **fields)
+    return await transition(db, job, State.ERROR, fence=fence, finished_at=now, runtime=runtime, **fields)
 
 
 async def reap_expired(db: Database, lease_seconds: float, *, now: datetime | None = None) -> int:

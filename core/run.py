@@ -73,6 +73,7 @@ class Run:
         self._progress: dict[str, Any] | None = None
         self._progress_wanted = asyncio.Event()
         self._progress_closed = False
+        self._message: str | None = None  # the last progress message, kept in the journal
         self.writer: logs.LogWriter | None = None
 
     # -- what the worker's other parts call ------------------------------
@@ -115,8 +116,11 @@ class Run:
     async def _execute(self) -> Outcome | None:
         """The process's outcome, or None when it was stopped before it reported one."""
         job = self.job
-        stored = await self._retrying("read the last log seq", lambda: logs.last_seq(self.db, self.id))
-        # log_seq survives the records' TTL: a new trial never reuses a seq a follower saw.
+        # A first trial has no records yet; a later one may follow a run that
+        # died before it wrote log_seq. log_seq survives the records' TTL: a
+        # new trial never reuses a seq a follower saw.
+        stored = 0 if job["trial"] == 1 else await self._retrying(
+            "read the last log seq", lambda: logs.last_seq(self.db, self.id))
         writer = logs.LogWriter(self.db, job, start_seq=max(stored, job.get("log_seq") or 0), trial=job["trial"],
                                 on_lost=lambda: self.request_stop("lost"))
         self.writer = writer
@@ -166,6 +170,7 @@ class Run:
 
     async def _on_progress(self, value: float, message: str | None) -> None:
         self._progress = {"value": value, "message": message}
+        self._message = message
         self._progress_wanted.set()
 
     async def _write_progress(self) -> None:
@@ -180,9 +185,11 @@ class Run:
         delay = 0.1
         while self._progress is not None and self.reason != "lost":
             progress = self._progress
+            pid = self.pid_unwritten()  # with the first progress, if no lease renewal wrote it yet
+            fields = {"prog": progress} if pid is None else {"prog": progress, "locked.pid": pid}
             try:
                 result = await self.db.queue.update_one(fence(self.id, self.token),
-                                                        {"$set": {"prog": progress}, "$inc": {"version": 1}})
+                                                        {"$set": fields, "$inc": {"version": 1}})
             except PyMongoError as exc:
                 log.info("progress of job %s not written (%s); retrying", self.id, exc)
                 if self.abandon.is_set():
@@ -193,6 +200,8 @@ class Run:
             if not result.matched_count:
                 self.request_stop("lost")
                 return
+            if pid is not None:
+                self.pid_written()
             if self._progress is progress:
                 self._progress = None
 
@@ -215,21 +224,36 @@ class Run:
                 delay = min(delay * 2, _MAX_DELAY)
 
     async def _finish(self, outcome: Outcome | None) -> None:
-        """Write the job's end: one transition, re-read and retried until it is in."""
+        """Write the job's end: one transition fenced by the claim token, retried until it is in.
+
+        With an outcome the job is not read first: what the end depends on
+        was known at the claim. Without one (a kill, wall_time, a shutdown)
+        it is read, for a kill asked for meanwhile.
+        """
         while True:
-            job = await self._retrying("read", lambda: self.db.majority(self.db.queue).find_one({"_id": self.id}))
-            if job is None or job["state"] != State.RUNNING.value or \
-                    (job.get("locked") or {}).get("token") != self.token:
-                if job is None and await self._retrying("read", lambda: self.db.journal.find_one(
-                        {"_id": self.id, "trial": self.job["trial"]}, {"_id": 1})):
-                    return  # our own transition, whose reply was lost
-                log.warning("job %s is no longer ours (%s); dropping its outcome", self.id, job and job["state"])
+            job = self.job if outcome is not None else await self._read()
+            if job is None:
                 return
             try:
                 await self._retrying("write the end", lambda: self._conclude(job, outcome))
                 return
             except Conflict:
-                continue  # a renewal or a kill request wrote meanwhile: read again
+                if await self._read() is None:
+                    return
+                # Still ours: a transition the table forbade cannot be; read and try again.
+
+    async def _read(self) -> dict[str, Any] | None:
+        """The job as stored, while it is still this run's; None (said in the log) once it is not."""
+        job = await self._retrying("read", lambda: self.db.majority(self.db.queue).find_one({"_id": self.id}))
+        if job is not None and job["state"] == State.RUNNING.value and \
+                (job.get("locked") or {}).get("token") == self.token:
+            return job
+        if job is None and await self._retrying("read", lambda: self.db.journal.find_one(
+                {"_id": self.id, "trial": self.job["trial"]}, {"_id": 1})):
+            return None  # our own final transition, whose reply was lost
+        log.warning("job %s no longer runs under this claim (it is %s): nothing more to write", self.id,
+                    job["state"] if job else "gone")
+        return None
 
     async def _conclude(self, job: dict[str, Any], outcome: Outcome | None) -> None:
         now = _now()
@@ -237,28 +261,30 @@ class Run:
         runtime = round((now - started).total_seconds(), 3) if started else None
         seq = {"log_seq": self.writer.seq if self.writer else job.get("log_seq", 0)}
         ended = {"finished_at": now, "runtime": runtime, "locked": None, **seq}
+        fence = {"locked.token": self.token}
         if outcome is None and (job.get("killed_at") or self.reason in ("kill", "wall_time")):
             error = job.get("last_error")
             if self.reason == "wall_time":
                 error = {"exception": "WallTimeExceeded", "at": now, "traceback": None,
                          "message": f"the job ran longer than its wall_time of {job['wall_time']:g} s"}
-            await transition(self.db, job, State.KILLED, killed_at=job.get("killed_at") or now, last_error=error,
-                             **ended)
+            await transition(self.db, job, State.KILLED, fence=fence, killed_at=job.get("killed_at") or now,
+                             last_error=error, **ended)
         elif outcome is None:  # shutdown: back to the queue without using an attempt
-            await transition(self.db, job, State.PENDING, locked=None, query_at=now, **seq)
+            await transition(self.db, job, State.PENDING, fence=fence, locked=None, query_at=now, **seq)
         elif outcome.kind == "result":
-            await transition(self.db, job, State.COMPLETE, result=outcome.value,
-                             prog={"value": 1.0, "message": (job.get("prog") or {}).get("message")}, **ended)
+            await transition(self.db, job, State.COMPLETE, fence=fence, result=outcome.value,
+                             prog={"value": 1.0, "message": self._message}, **ended)
         elif outcome.kind == "defer":
             since_first = (now - job["started_at"]).total_seconds()
             error = {"exception": "Deferred", "message": outcome.message, "traceback": None, "at": now}
             if since_first >= job["defer_max"]:
                 error["message"] = f"deferred for {since_first:.0f} s, past defer_max: {outcome.message}"
-                await transition(self.db, job, State.INACTIVE, last_error=error, **ended)
+                await transition(self.db, job, State.INACTIVE, fence=fence, last_error=error, **ended)
             else:
-                await transition(self.db, job, State.DEFERRED, locked=None, last_error=error,
+                await transition(self.db, job, State.DEFERRED, fence=fence, locked=None, last_error=error,
                                  query_at=now + timedelta(seconds=job["defer_time"]), **seq)
         else:
             error = {"exception": outcome.exception, "message": outcome.message,
                      "traceback": outcome.traceback, "at": now}
-            await fail(self.db, job, error, now, retry_at=now + timedelta(seconds=job["error_time"]), **seq)
+            await fail(self.db, job, error, now, retry_at=now + timedelta(seconds=job["error_time"]), fence=fence,
+                       **seq)

@@ -15,7 +15,8 @@
 ``{_id, state, version}`` that bumps ``version``, so of two actors racing for
 the same job exactly one wins; the loser gets ``Conflict``. A transition to a
 final state also moves the job from ``queue`` to ``journal``: in a transaction
-when the server has them, otherwise in an order that ``complete_moves`` can
+(two writes: delete from the queue, insert into the journal) when the server
+has them, otherwise in an order that ``complete_moves`` can
 finish after a crash (a job is never in neither collection, and a copy left in
 ``queue`` has a final state, so no reader takes it for live).
 """
@@ -24,7 +25,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from pymongo import ReplaceOne
+from pymongo import ReplaceOne, ReturnDocument
 
 from core.errors import Conflict
 
@@ -73,8 +74,16 @@ def is_final(state: str) -> bool:
     return state in FINAL
 
 
-async def transition(db: Database, job: dict[str, Any], to: State, **fields: Any) -> dict[str, Any]:
+async def transition(db: Database, job: dict[str, Any], to: State, *, fence: dict[str, Any] | None = None,
+                     **fields: Any) -> dict[str, Any]:
     """Move ``job`` (as last read) to state ``to``, setting ``fields``; return the new document.
+
+    The move is conditioned on the job's ``state`` and ``version``, or, with
+    ``fence`` (e.g. ``{"locked.token": ...}``), on its state and the fence
+    instead of the version: a run ends its job by its claim token without
+    reading it first. Moves to a final state return the document as stored
+    in the journal; others return ``job`` updated (after a fenced move its
+    ``version`` is a guess).
 
     Raises ``Conflict`` if the table forbids the move, or if the job changed
     since it was read (another actor won).
@@ -82,25 +91,27 @@ async def transition(db: Database, job: dict[str, Any], to: State, **fields: Any
     source = State(job["state"])
     if to not in TRANSITIONS[source]:
         raise Conflict(f"job {job['_id']} is {source}; it cannot become {to}")
-    condition = {"_id": job["_id"], "state": source.value, "version": job["version"]}
+    condition = {"_id": job["_id"], "state": source.value, **(fence or {"version": job["version"]})}
     update = {"$set": {"state": to.value, **fields}, "$inc": {"version": 1}}
-    after = {**job, **fields, "state": to.value, "version": job["version"] + 1}
     if to not in FINAL:
         if not (await db.queue.update_one(condition, update)).modified_count:
             raise _lost(job)
-        return after
+        return {**job, **fields, "state": to.value, "version": job["version"] + 1}
     if db.transactions:
-        async def move(session: Any) -> None:
-            if not (await db.queue.update_one(condition, update, session=session)).modified_count:
+        # Two writes: the job leaves the queue (as it is now, not as read) and enters the journal.
+        async def move(session: Any) -> dict[str, Any]:
+            current = await db.queue.find_one_and_delete(condition, session=session)
+            if current is None:
                 raise _lost(job)
+            after = {**current, **fields, "state": to.value, "version": current["version"] + 1}
             await db.journal.replace_one({"_id": job["_id"]}, after, upsert=True, session=session)
-            await db.queue.delete_one({"_id": job["_id"]}, session=session)
+            return after
         async with db.client.start_session() as session:
-            await session.with_transaction(move)
-    else:
-        if not (await db.queue.update_one(condition, update)).modified_count:
-            raise _lost(job)
-        await _move(db, [after])
+            return await session.with_transaction(move)
+    after = await db.queue.find_one_and_update(condition, update, return_document=ReturnDocument.AFTER)
+    if after is None:
+        raise _lost(job)
+    await _move(db, [after])
     return after
 
 
