@@ -57,7 +57,7 @@ class Run:
     """One claimed job from launch to its written end; ``await run.run()``."""
 
     def __init__(self, db: Database, job: dict[str, Any], *, kill_grace: float,
-                 start: Callable[..., JobProcess] = JobProcess) -> None:
+                 start: Callable[..., JobProcess] = JobProcess, on_exit: Callable[[], None] | None = None) -> None:
         self.db = db
         self.job = job
         self.id = job["_id"]
@@ -75,6 +75,9 @@ class Run:
         self._progress_closed = False
         self._message: str | None = None  # the last progress message, kept in the journal
         self.writer: logs.LogWriter | None = None
+        #: Whether the job's process has ended (or never started): its slot is free.
+        self.exited = False
+        self._on_exit = on_exit
 
     # -- what the worker's other parts call ------------------------------
 
@@ -135,6 +138,9 @@ class Run:
             self.pid = process.pid
             return await self._supervise(process)
         finally:
+            self.exited = True
+            if self._on_exit is not None:
+                self._on_exit()
             # Not cancelled: the driver may swallow a cancellation in the middle of a write.
             self._progress_closed = True
             self._progress_wanted.set()

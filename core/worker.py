@@ -159,7 +159,13 @@ class Worker:
 
     async def claim(self) -> list[dict[str, Any]]:
         """Claim as many due jobs as there are free slots; return them (now ``running``)."""
-        return await self.claimer.claim(self.slots - len(self.runs), running=self.runs)
+        return await self.claimer.claim(self.free_slots(), running=self.runs)
+
+    def free_slots(self) -> int:
+        """Slots without a job process. A run whose process has ended frees its slot while its end is
+        written, so the next job starts meanwhile; at most ``slots`` such runs wait for the database."""
+        busy = sum(1 for run in self.runs.values() if not run.exited)
+        return max(0, min(self.slots - busy, 2 * self.slots - len(self.runs)))
 
     def _queue_changed(self) -> None:
         """A job came, fell due or was reaped: claim from a fresh scan."""
@@ -177,11 +183,11 @@ class Worker:
                 # Clear before claiming: a wake-up (or stop) that comes while
                 # claim() awaits the database must end the wait below at once.
                 self._wake.clear()
-                if len(self.runs) < self.slots and (jobs := await self.claim()):
+                if self.free_slots() and (jobs := await self.claim()):
                     for job in jobs:
                         self._launch(job)
                     continue
-                timeout = await self._next_due_in() if len(self.runs) < self.slots else None
+                timeout = await self._next_due_in() if self.free_slots() else None
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 except asyncio.TimeoutError:
@@ -195,7 +201,7 @@ class Worker:
 
     def _launch(self, job: dict[str, Any]) -> None:
         run = Run(self.db, job, kill_grace=self.kill_grace,
-                  start=functools.partial(JobProcess, launcher=self.launcher))
+                  start=functools.partial(JobProcess, launcher=self.launcher), on_exit=self._wake.set)
         if self._stopping:
             run.request_stop("shutdown")  # claimed while stopping: straight back to pending
         self.runs[run.id] = run

@@ -237,27 +237,36 @@ def own_server(tmp_path: Path) -> Any:
             server.stop()
 
 
-async def test_a_database_stopped_and_started_again_under_running_jobs_loses_nothing(own_server: Any) -> None:
+async def test_a_database_stopped_for_20_s_under_running_jobs_loses_nothing(own_server: Any) -> None:
+    """The outage of the issue: 20 s, four leases of 5 s; a second worker that could reap is idle."""
     start, stop = own_server
     url = start()
     db = Database.connect(url, "jobdeck")
     await db.setup(log_retention_days=1)
     classes = registry.discover()
     await registry.sync(db, classes)
-    config = Config(mongo_url=url, database="jobdeck", lease_seconds=3, heartbeat_seconds=0.5)
-    jobs = [await queue.enqueue(db, DUMMY, {"sleep": 10, "loop_time": 0.2}, user=ADMIN, attempts=1)
+    config = Config(mongo_url=url, database="jobdeck", lease_seconds=5, heartbeat_seconds=1)
+    jobs = [await queue.enqueue(db, DUMMY, {"sleep": 26, "loop_time": 0.5}, user=ADMIN, attempts=1)
             for _ in range(2)]
-    worker = await start_worker(db, config, classes, lease=3)
+    worker = await start_worker(db, config, classes, lease=5, heartbeat=1)
+    idle_db = Database.connect(url, "jobdeck")
+    idle = None
     try:
         for job in jobs:
             await running(db, job["_id"])
+        idle = await start_worker(idle_db, config, classes, lease=5, heartbeat=1)
         stop()
-        await asyncio.sleep(6)  # the outage: twice the lease
+        await asyncio.sleep(20)  # the outage itself, not a wait for something
         assert start() == url  # the same port: every client finds it again
         for job in jobs:
-            await assert_ran_once_with_its_whole_log(db, job, dummy_steps(10, 0.2))
+            await assert_ran_once_with_its_whole_log(db, job, dummy_steps(26, 0.5))
+            done = await db.journal.find_one({"_id": job["_id"]})
+            assert done["locked"] is None and done["prog"]["value"] == 1.0
     finally:
         await worker.stop()
+        if idle is not None:
+            await idle.stop()
+        await idle_db.close()
         await db.close()
 
 
