@@ -8,6 +8,14 @@ credentials or a token (bearer header or login cookie):
   hash of the credentials (the password is never kept), and the entry is
   dropped as soon as the user's ``version`` differs, that is after any change
   of the user, made by any process;
+- with a ``user_cache`` (``core.cache``, as the server has) the user document
+  itself is cached too, so that a cached credential or a token costs no
+  database read: a change of the user made in this process is seen at once,
+  one made in another process within the cache's ``stale_seconds`` (2 s;
+  milliseconds while the hub's change stream runs). A disabled user, a
+  changed password (which also revokes tokens) or a revoked permission thus
+  takes effect everywhere within that bound. Without one, every check reads
+  the user;
 - tokens are signed (HMAC-SHA256) with a secret kept in the database, so every
   server process accepts them, and carry the user's ``password_set`` time, so
   a password change revokes them.
@@ -59,6 +67,7 @@ from core import audit, users
 from core.errors import TooManyRequests, Unauthorized
 
 if TYPE_CHECKING:
+    from core.cache import Cache
     from core.db import Database
 
 __all__ = ["Authenticator", "Throttle", "load_secret", "MAX_NAME"]
@@ -224,9 +233,11 @@ class Authenticator:
                  cache_seconds: float = 60.0, cache_size: int = 10_000,
                  throttle: Throttle | None = None,
                  keep_failed_logins: timedelta = timedelta(days=30),
+                 user_cache: Cache | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
         self.db = db
+        self.user_cache = user_cache
         self.secret = secret
         self.token_seconds = token_seconds
         self.cache_seconds = cache_seconds
@@ -265,7 +276,7 @@ class Authenticator:
         pair = _pair(name, address)
         while True:
             self.throttle.check(name, address)  # a hard-limited pair gets no cache hit either
-            user = await users.find(self.db, name)
+            user = await self._find(name)
             if user is not None and self._cached(name, password, user):
                 self.stats["cache_hits"] += 1
                 self.throttle.succeed(name, address)
@@ -280,7 +291,7 @@ class Authenticator:
         try:
             if delay:
                 await self.sleep(delay)
-                user = await users.find(self.db, name)  # it may have changed meanwhile
+                user = await self._find(name)  # it may have changed meanwhile
             self.stats["verifications"] += 1
             right = await users.verify_password(self.db, user, password)
         except BaseException:
@@ -315,8 +326,14 @@ class Authenticator:
         if end is not None and not end.done():
             end.set_result(None)
 
+    async def _find(self, name: str) -> dict[str, Any] | None:
+        """The user document named ``name`` (from the user cache if there is one), or None."""
+        if self.user_cache is None:
+            return await users.find(self.db, name)
+        return await self.user_cache.get(name, lambda: users.find(self.db, name))
+
     async def _recheck(self, name: str, password: str) -> dict[str, Any]:
-        user = await users.find(self.db, name)
+        user = await self._find(name)
         if user is None:
             raise Unauthorized(f"user {name[:MAX_NAME]!r} no longer exists")
         if self._cached(name, password, user):
@@ -375,8 +392,8 @@ class Authenticator:
     async def token(self, token: str) -> dict[str, Any]:
         """The active user a token was issued to; raises ``Unauthorized`` if it is not valid now.
 
-        Neither throttled nor audited, and cheap (one lookup): also the way to
-        check again the token of a long-lived request.
+        Neither throttled nor audited, and cheap (one lookup, or none from the
+        user cache): also the way to check again the token of a long-lived request.
         """
         try:
             raw = token.encode("ascii")  # compare_digest refuses non-ASCII str
@@ -392,7 +409,7 @@ class Authenticator:
             raise Unauthorized("invalid token") from None
         if time.time() > expires:
             raise Unauthorized("token expired; log in again")
-        user = await users.find(self.db, name)
+        user = await self._find(name)
         if user is None:
             raise Unauthorized("invalid token: the user no longer exists")
         if _stamp(user) != stamp:

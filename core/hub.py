@@ -23,6 +23,13 @@ stream is down ``live`` is False: a follower asking for news polls, and one
 already waiting hears from the reopened stream. The hub retries ever more
 slowly (0.1 s doubling to 5 s) while opening fails or the stream fails at once.
 A server without change streams gets a warning and followers poll instead.
+
+The same stream keeps this process's caches (``core.cache``) of users and
+registry entries fresh: a change of a ``user`` or ``registry`` document, made
+by any process, drops it from them (``Database.changed``), every (re)open of
+the stream clears them, and ``heard_at`` tells them until when the stream is
+known to have delivered every change (its last empty answer; a quiet stream
+answers every second).
 """
 from __future__ import annotations
 
@@ -30,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 from typing import TYPE_CHECKING, Any, Iterator
 
 from pymongo.errors import OperationFailure, PyMongoError
@@ -50,8 +58,12 @@ log = logging.getLogger(__name__)
 RESYNC = ("resync", None)
 
 _COLLECTIONS = ("queue", "journal", "log")
-_PIPELINE = [{"$match": {"ns.coll": {"$in": list(_COLLECTIONS)},
-                         "operationType": {"$in": ["insert", "update", "replace"]}}}]
+#: Collections cached by ``core.cache``: every change of theirs counts, deletes and drops too.
+_CACHED = ("user", "registry")
+_PIPELINE = [{"$match": {"$or": [
+    {"ns.coll": {"$in": list(_COLLECTIONS)}, "operationType": {"$in": ["insert", "update", "replace"]}},
+    {"ns.coll": {"$in": list(_CACHED)}},
+]}}]
 _MIB = 1024 * 1024
 _FIRST_DELAY, _MAX_DELAY = 0.1, 5.0  # seconds between attempts to reopen, doubling
 
@@ -182,6 +194,9 @@ class Hub:
         self.streams_opened = 0     # change streams opened so far (1 unless errors)
         self.failures = 0           # errors opening or reading the stream so far
         self.events = 0             # change events received
+        #: ``time.monotonic()`` when the stream was last asked for news and
+        #: answered none: every change made before is known. None until then.
+        self.heard_at: float | None = None
 
     @property
     def subscribers(self) -> int:
@@ -262,6 +277,9 @@ class Hub:
                     self.streams_opened += 1
                     self.live = True
                     self._ready.set()
+                    # Changes made while no stream was open may never come.
+                    for collection in _CACHED:
+                        self.db.changed(collection)
                     # Only now that the stream is open: a follower's re-read
                     # covers what was committed before, the stream what comes
                     # after. Told before the open, a follower could re-read,
@@ -269,6 +287,7 @@ class Hub:
                     # from now, and then wait for it forever.
                     self._resync_all()
                     while stream.alive:
+                        asked = time.monotonic()
                         # try_next, not async for: an empty batch still
                         # advances the resume token (the post-batch one), and
                         # a quiet stream must keep it to resume.
@@ -281,6 +300,10 @@ class Hub:
                         if change is not None:
                             self.events += 1
                             self._dispatch(change)
+                            continue
+                        # An empty answer: every change committed before it was
+                        # asked for has been dispatched.
+                        self.heard_at = asked
                 log.warning("hub change stream ended; reopening in %.1f s", delay)
             except asyncio.CancelledError:
                 raise
@@ -316,6 +339,11 @@ class Hub:
         self._resume_token = None
 
     def _dispatch(self, change: dict[str, Any]) -> None:
+        collection = change.get("ns", {}).get("coll")
+        if collection in _CACHED:
+            # A drop or rename has no documentKey: anything may have changed.
+            self.db.changed(collection, change.get("documentKey", {}).get("_id"))
+            return
         document = change.pop("fullDocument", None)  # the hub keeps none of it once fanned out
         if document is None:
             return  # an update whose document is gone already (moved to the journal)

@@ -22,6 +22,7 @@ from core.permissions import EXECUTE, READ, may, require
 from core.states import FINAL, State, transition
 
 if TYPE_CHECKING:
+    from core.cache import Cache
     from core.db import Database
 
 __all__ = ["enqueue", "get", "require_readable", "find", "kill", "remove", "restart", "object_id", "operator", "check_options"]
@@ -87,15 +88,16 @@ def _unique_key(qual_name: str, args: dict[str, Any]) -> str:
 
 async def enqueue(db: Database, qual_name: Any, args: Any = None, *, user: dict[str, Any],
                   hostname: str | None = None, parent_id: ObjectId | None = None,
-                  **options: Any) -> dict[str, Any]:
+                  registry_cache: Cache | None = None, **options: Any) -> dict[str, Any]:
     """Add a pending job; return its document.
 
     Raises ``NotFound`` for an unknown or vanished qual_name, ``Forbidden``
     without execute permission, ``BadArgument`` for bad arguments or options,
     and ``Conflict`` (with ``details["job_id"]``) when the class is ``unique``
-    and a live job with the same arguments exists.
+    and a live job with the same arguments exists. ``registry_cache``: see
+    ``registry.get_valid``.
     """
-    entry = await registry.get_valid(db, qual_name)
+    entry = await registry.get_valid(db, qual_name, cache=registry_cache)
     require(user, qual_name, EXECUTE)
     args = registry.check_args(entry, args)
     settings = check_options(entry.get("defaults", {}), options)

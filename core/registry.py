@@ -5,6 +5,11 @@ Workers and servers ``discover`` the job classes of the configured packages
 entries of classes no longer found are marked ``valid: false``. Enqueue
 accepts only valid registered qual_names, and checks the arguments against the
 stored schema, so a request never makes the service import a module it names.
+
+``get_valid`` may take the server's cache of entries (``core.cache``): a
+class invalidated or removed by ``sync`` in this process is refused at once,
+by another process (a worker starting) within the cache's ``stale_seconds``
+(2 s; milliseconds while the hub's change stream runs).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from core.listing import Page, check_filter, check_sort, combine, paginate, sear
 from core.permissions import EXECUTE, readable_filter
 
 if TYPE_CHECKING:
+    from core.cache import Cache
     from core.db import Database
 
 __all__ = ["discover", "schema", "sync", "get_valid", "check_args", "list_entries", "list_page",
@@ -152,14 +158,21 @@ async def sync(db: Database, classes: dict[str, type[Job]]) -> dict[str, int]:
         await db.registry.replace_one({"_id": cls.qual_name()}, _entry(cls, now), upsert=True)
     vanished = await db.registry.update_many(
         {"_id": {"$nin": list(classes)}, "valid": True}, {"$set": {"valid": False, "updated_at": now}})
+    db.changed("registry")
     return {"valid": len(classes), "invalidated": vanished.modified_count}
 
 
-async def get_valid(db: Database, qual_name: Any) -> dict[str, Any]:
-    """The registry entry of a job that may be enqueued; raises ``NotFound`` or ``BadArgument``."""
+async def get_valid(db: Database, qual_name: Any, *, cache: Cache | None = None) -> dict[str, Any]:
+    """The registry entry of a job that may be enqueued; raises ``NotFound`` or ``BadArgument``.
+
+    With ``cache`` the entry may come from it (see the module docstring); it must not be changed.
+    """
     if not isinstance(qual_name, str) or not qual_name:
         raise BadArgument("qual_name must be a non-empty string, e.g. jobs.example.DummyJob")
-    entry = await db.registry.find_one({"_id": qual_name})
+    if cache is None:
+        entry = await db.registry.find_one({"_id": qual_name})
+    else:
+        entry = await cache.get(qual_name, lambda: db.registry.find_one({"_id": qual_name}))
     if entry is None:
         raise NotFound(f"unknown job {qual_name!r}; 'jobdeck jobs' or GET /job/list shows the known ones")
     if not entry.get("valid"):

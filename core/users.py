@@ -8,7 +8,9 @@ A user document::
 ``version`` grows with every change, which is how caches of verified
 credentials in every server process notice that a user changed.
 ``password_set`` changes with the password and invalidates issued tokens.
-Every change is written to ``audit``. Hashing runs off the event loop.
+Every change is written to ``audit``, and dropped from this process's caches
+of user documents at once (``Database.changed``; other processes' hubs hear
+of it from their change stream). Hashing runs off the event loop.
 """
 from __future__ import annotations
 
@@ -121,6 +123,7 @@ async def _update(db: Database, name: str, change: dict[str, Any]) -> dict[str, 
         return_document=ReturnDocument.AFTER)
     if user is None:
         raise NotFound(f"no user {name!r}")
+    db.changed("user", user["_id"])
     return user
 
 
@@ -168,6 +171,7 @@ async def change_access(db: Database, name: str, *, grant: Iterable[str] = (),
             {"$set": {"perms": perms, "roles": roles, "updated": _now()}, "$inc": {"version": 1}})
         if result.modified_count:
             break
+    db.changed("user", user["_id"])
     await audit.record(db, "user.access", actor=actor, target=name,
                        grant=sorted(grant), revoke=sorted(revoke),
                        add_roles=sorted(add_roles), drop_roles=sorted(drop_roles))
@@ -189,9 +193,10 @@ async def set_active(db: Database, name: str, active: bool, *, actor: str) -> di
 async def remove(db: Database, name: str, *, actor: str) -> None:
     """Delete a user; raises ``NotFound``, or ``Conflict`` for the last active admin."""
     await _require_other_admin(db, name, "remove")
-    result = await db.user.delete_one({"name": name})
-    if not result.deleted_count:
+    removed = await db.user.find_one_and_delete({"name": name}, {"_id": 1})
+    if removed is None:
         raise NotFound(f"no user {name!r}")
+    db.changed("user", removed["_id"])
     await audit.record(db, "user.remove", actor=actor, target=name)
 
 
@@ -212,6 +217,7 @@ async def verify_password(db: Database, user: dict[str, Any] | None, password: s
         # version nor password_set move (caches and tokens stay valid).
         await db.user.update_one({"_id": user["_id"], "password": user["password"]},
                                  {"$set": {"password": new_hash}})
+        db.changed("user", user["_id"])
     return ok
 
 

@@ -11,6 +11,7 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application
 
 from core.auth import Authenticator, load_secret
+from core.cache import Cache
 from core.config import Config
 from core.db import Database
 from core.hub import Hub
@@ -71,6 +72,9 @@ class Server:
         self.routes = routes
         self.keepalive = keepalive
         self.hub = Hub(db)
+        #: What every request reads, kept fresh by the hub (see ``core.cache``).
+        self.user_cache = Cache(db, "user", hub=self.hub)
+        self.registry_cache = Cache(db, "registry", hub=self.hub)
         self.http: HTTPServer | None = None
         self.services: Services | None = None
         self.port: int | None = None
@@ -79,9 +83,10 @@ class Server:
         """Listen on ``config.host:config.port`` (port 0 picks a free one, see ``self.port``)."""
         if self.auth is None:
             self.auth = Authenticator(self.db, await load_secret(self.db),
-                                      token_seconds=self.config.token_hours * 3600)
+                                      token_seconds=self.config.token_hours * 3600, user_cache=self.user_cache)
         await self.hub.start()
-        self.services = services = Services(self.config, self.db, self.auth, self.hub, keepalive=self.keepalive)
+        self.services = services = Services(self.config, self.db, self.auth, self.hub, keepalive=self.keepalive,
+                                            registry_cache=self.registry_cache)
         ssl_options = None
         if self.config.tls:
             ssl_options = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -108,3 +113,5 @@ class Server:
             await self.hub.stop()  # ends live followers
             await self.http.close_all_connections()
             self.http = None
+        self.user_cache.close()
+        self.registry_cache.close()

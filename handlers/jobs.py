@@ -174,6 +174,7 @@ class JobHandler(QueueHandler):
         with self.slot() if following else contextlib.nullcontext():
             job = await queue.enqueue(self.services.db, self.arg("qual_name"), self.arg("args", dict, {}),
                                       user=self.current_user, hostname=self.request.remote_ip,
+                                      registry_cache=self.services.registry_cache,
                                       **{k: v for k, v in options.items() if v is not None})
             if following:
                 await self.follow_job(job["_id"])

@@ -5,6 +5,7 @@ import time
 from dataclasses import dataclass, field
 
 from core.auth import Authenticator
+from core.cache import Cache
 from core.config import Config
 from core.db import Database
 from core.hub import Hub
@@ -19,7 +20,8 @@ class Services:
     """The shared services of the handlers, kept in the application's settings.
 
     ``routes`` is the route table the application was built from (the OpenAPI
-    document describes it).
+    document describes it). ``registry_cache`` holds the registry entries
+    enqueue reads (``core.cache``), if any.
     """
 
     config: Config
@@ -31,6 +33,7 @@ class Services:
     keepalive: float = 15.0
     started: float = field(default_factory=time.monotonic)
     streams: StreamLimit | None = None
+    registry_cache: Cache | None = None
 
     def __post_init__(self) -> None:
         if self.streams is None:

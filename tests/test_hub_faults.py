@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -16,7 +17,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import pytest
 from bson import ObjectId
 
-from core import queue
+from core import queue, users
+from core.cache import Cache
 from core.db import Database
 from core.follow import Event, follow
 from core.hub import RESYNC, Change, Hub, Subscription
@@ -170,3 +172,32 @@ async def test_a_stream_that_fails_after_every_open_is_reopened_ever_more_slowly
         await wait_for(lambda: hub.streams_opened >= 5, timeout=20, message="three more")
 
     assert time.monotonic() - began >= 0.2 + 0.4 + 0.8 - 0.2  # not every 0.1 s
+
+
+async def test_a_user_changed_while_the_stream_could_not_resume_is_read_again_once_it_reopens(
+        db: Database, hub: Hub, fail_point: FailPoint) -> None:
+    user = await users.add(db, "bob", "pw", actor="test")
+    cache = Cache(db, "user", hub=hub, stale_seconds=60)  # only the hub may drop what it holds
+    load = functools.partial(users.find, db, "bob")
+    assert (await cache.get("bob", load))["active"] is True
+    await fail_point("alwaysOn", failCommands=STREAM, errorCode=HOST_UNREACHABLE)
+    await failed(hub, 2)
+    await fail_point({"times": 2}, failCommands=["aggregate"], errorCode=HISTORY_LOST)
+    # Written as another process would (no Database.changed), and never seen
+    # by the stream, which reopens from now.
+    await db.user.update_one({"name": user["name"]}, {"$set": {"active": False}, "$inc": {"version": 1}})
+    await reopened(hub)
+
+    assert (await cache.get("bob", load))["active"] is False
+    cache.close()
+
+
+async def test_the_heard_time_follows_the_streams_empty_answers(db: Database, hub: Hub,
+                                                               fail_point: FailPoint) -> None:
+    await wait_for(lambda: hub.heard_at is not None and time.monotonic() - hub.heard_at < 1.5, timeout=10,
+                   message="a quiet stream to answer")
+    await fail_point("alwaysOn", failCommands=STREAM, errorCode=HOST_UNREACHABLE)
+    await failed(hub, 1)
+    heard = hub.heard_at
+    await asyncio.sleep(0.5)  # time passing is the point: a failing stream tells nothing new
+    assert hub.heard_at == heard

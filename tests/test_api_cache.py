@@ -1,0 +1,182 @@
+"""What every enqueue reads is cached (the user behind a credential, the registry entry), and changes still count.
+
+Changes made "in another process" go through a second client of the same
+database (``other``), whose writes reach none of the server's caches: the
+server hears of them from its hub's change stream, or, without one, re-reads
+every entry once it is ``stale_seconds`` old.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, AsyncIterator
+
+import httpx
+import pytest
+
+from core import registry, users
+from core.config import Config
+from core.db import Database
+from handlers.app import Server
+from tests.conftest import wait_for
+
+DUMMY = "jobs.example.DummyJob"
+#: Within this many seconds a change made elsewhere must count, however loaded the machine
+#: (the stream brings it in milliseconds, the server's entries would live a minute without it).
+PROMPTLY = 5.0
+
+
+@pytest.fixture
+async def other(config: Config) -> AsyncIterator[Database]:
+    """Another process's client of the test database: none of the server's caches hears its writes."""
+    elsewhere = Database.connect(config.mongo_url, config.database)
+    yield elsewhere
+    await elsewhere.close()
+
+
+async def started(config: Config, db: Database, *, stale_seconds: float) -> Server:
+    server = Server(config, db)
+    await server.start()
+    server.user_cache.stale_seconds = server.registry_cache.stale_seconds = stale_seconds
+    return server
+
+
+@pytest.fixture
+async def deck(config: Config, db: Database, team: dict[str, Any], job_classes: Any) -> AsyncIterator[Server]:
+    """A server whose cached entries outlive every test unless its change stream drops them."""
+    server = await started(config, db, stale_seconds=60)
+    assert server.hub.live
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def streamless(config: Config, db: Database, team: dict[str, Any],
+                     job_classes: Any) -> AsyncIterator[Server]:
+    """A server without change streams (as against a standalone mongod): entries live 0.5 s."""
+    db.change_streams = False
+    server = await started(config, db, stale_seconds=0.5)
+    assert not server.hub.live
+    yield server
+    await server.stop()
+
+
+def client(server: Server, **kwargs: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=server.url, timeout=30, **kwargs)
+
+
+def bearer(server: Server, user: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.auth.issue_token(user)[0]}"}
+
+
+async def enqueue(http: httpx.AsyncClient, qual_name: str = DUMMY) -> httpx.Response:
+    return await http.post("/job", json={"qual_name": qual_name, "follow": False})
+
+
+async def answers(http: httpx.AsyncClient, method: str, path: str, status: int, timeout: float = PROMPTLY,
+                  **kwargs: Any) -> httpx.Response:
+    """The reply once ``method path`` answers ``status`` (asked again until ``timeout`` seconds)."""
+    async def reply() -> httpx.Response | None:
+        answer = await http.request(method, path, **kwargs)
+        return answer if answer.status_code == status else None
+    return await wait_for(reply, timeout=timeout, interval=0.05, message=f"{method} {path} to answer {status}")
+
+
+async def test_cached_enqueues_read_neither_the_user_nor_the_registry_and_are_all_audited(deck, db):
+    async with client(deck, auth=("executor", "exec-pw")) as http:
+        for _ in range(5):
+            assert (await enqueue(http)).status_code == 200
+    assert deck.user_cache.stats == {"hits": 4, "reads": 1}
+    assert deck.registry_cache.stats == {"hits": 4, "reads": 1}
+    assert deck.auth.stats == {"verifications": 1, "cache_hits": 4}
+    jobs = {str(job["_id"]) async for job in db.queue.find({}, {"_id": 1})}
+    audited = {entry["target"] async for entry in db.audit.find({"action": "job.enqueue", "actor": "executor"})}
+    assert len(jobs) == 5 and audited == jobs
+
+
+async def test_a_user_disabled_in_another_process_is_refused_promptly(deck, other):
+    async with client(deck, auth=("executor", "exec-pw")) as http:
+        assert (await enqueue(http)).status_code == 200
+        await users.set_active(other, "executor", False, actor="t")
+        reply = await answers(http, "POST", "/job", 401, json={"qual_name": DUMMY, "follow": False})
+    assert "disabled" in reply.json()["error"]
+
+
+async def test_a_password_changed_in_another_process_is_refused_promptly(deck, other, team):
+    async with client(deck, auth=("executor", "exec-pw")) as http, client(deck, headers=bearer(deck, team["executor"])) as token:
+        assert (await http.get("/whoami")).status_code == 200
+        assert (await token.get("/whoami")).status_code == 200
+        await users.set_password(other, "executor", "a-new-password", actor="t")
+        await answers(http, "GET", "/whoami", 401)
+        assert "password change" in (await answers(token, "GET", "/whoami", 401)).json()["error"]
+        assert (await http.get("/whoami", auth=("executor", "a-new-password"))).status_code == 200
+
+
+async def test_a_permission_revoked_in_another_process_stops_enqueue_promptly(deck, other, team):
+    async with client(deck, headers=bearer(deck, team["executor"])) as http:
+        assert (await enqueue(http)).status_code == 200
+        await users.change_access(other, "executor", revoke=["job:jobs.example.*:x"], actor="t")
+        reply = await answers(http, "POST", "/job", 403, json={"qual_name": DUMMY, "follow": False})
+    assert "may not execute" in reply.json()["error"]
+
+
+async def test_a_user_removed_in_another_process_is_refused_promptly(deck, other, team):
+    async with client(deck, headers=bearer(deck, team["reader"])) as http:
+        assert (await http.get("/whoami")).status_code == 200
+        await users.remove(other, "reader", actor="t")
+        reply = await answers(http, "GET", "/whoami", 401)
+    assert "no longer exists" in reply.json()["error"]
+
+
+async def test_a_job_class_invalidated_in_another_process_is_refused_then_accepted_again(deck, other, team,
+                                                                                        job_classes):
+    async with client(deck, headers=bearer(deck, team["admin"])) as http:
+        assert (await enqueue(http)).status_code == 200
+        await registry.sync(other, {name: cls for name, cls in job_classes.items() if name != DUMMY})
+        reply = await answers(http, "POST", "/job", 404, json={"qual_name": DUMMY, "follow": False})
+        assert "no longer available" in reply.json()["error"]
+        await registry.sync(other, job_classes)
+        await answers(http, "POST", "/job", 200, json={"qual_name": DUMMY, "follow": False})
+
+
+async def test_a_job_class_removed_in_another_process_is_refused(deck, other, team):
+    async with client(deck, headers=bearer(deck, team["admin"])) as http:
+        assert (await enqueue(http)).status_code == 200
+        await other.registry.delete_one({"_id": DUMMY})
+        reply = await answers(http, "POST", "/job", 404, json={"qual_name": DUMMY, "follow": False})
+    assert "unknown job" in reply.json()["error"]
+
+
+async def test_a_schema_changed_in_another_process_is_checked_against_promptly(deck, other, team):
+    async with client(deck, headers=bearer(deck, team["admin"])) as http:
+        assert (await http.post("/job", json={"qual_name": DUMMY, "args": {"sleep": 0}, "follow": False})
+                ).status_code == 200
+        await other.registry.update_one({"_id": DUMMY}, {"$set": {"schema": {"params": [], "extra": False}}})
+        reply = await answers(http, "POST", "/job", 400, json={"qual_name": DUMMY, "args": {"sleep": 0},
+                                                              "follow": False})
+    assert "unknown 'sleep'" in reply.json()["error"]
+
+
+async def test_without_change_streams_a_change_elsewhere_counts_within_stale_seconds(streamless, other):
+    async with client(streamless, auth=("executor", "exec-pw")) as http:
+        assert (await enqueue(http)).status_code == 200
+        await users.set_active(other, "executor", False, actor="t")
+        await registry.sync(other, {})
+        changed = time.monotonic()
+        await answers(http, "POST", "/job", 401, timeout=0.5 + 2.0, json={"qual_name": DUMMY, "follow": False})
+        assert time.monotonic() - changed < 0.5 + 2.0
+    async with client(streamless, auth=("admin", "hans")) as http:
+        assert (await enqueue(http)).status_code == 404
+
+
+async def test_a_change_made_in_this_process_counts_at_once_even_without_a_stream(streamless, db, team):
+    streamless.user_cache.stale_seconds = streamless.registry_cache.stale_seconds = 60
+    async with client(streamless, headers=bearer(streamless, team["executor"])) as http:
+        assert (await enqueue(http)).status_code == 200
+        await users.change_access(db, "executor", revoke=["job:jobs.example.*:x"], actor="t")
+        assert (await enqueue(http)).status_code == 403
+        await users.set_active(db, "executor", False, actor="t")
+        assert (await enqueue(http)).status_code == 401
+    async with client(streamless, headers=bearer(streamless, team["admin"])) as http:
+        assert (await enqueue(http)).status_code == 200
+        await registry.sync(db, {})
+        assert (await enqueue(http)).status_code == 404
