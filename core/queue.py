@@ -89,13 +89,14 @@ def _unique_key(qual_name: str, args: dict[str, Any]) -> str:
 async def enqueue(db: Database, qual_name: Any, args: Any = None, *, user: dict[str, Any],
                   hostname: str | None = None, parent_id: ObjectId | None = None,
                   registry_cache: Cache | None = None, **options: Any) -> dict[str, Any]:
-    """Add a pending job; return its document.
+    """Add a pending job and its ``job.enqueue`` audit entry; return the job's document.
 
     Raises ``NotFound`` for an unknown or vanished qual_name, ``Forbidden``
     without execute permission, ``BadArgument`` for bad arguments or options,
     and ``Conflict`` (with ``details["job_id"]``) when the class is ``unique``
     and a live job with the same arguments exists. ``registry_cache``: see
-    ``registry.get_valid``.
+    ``registry.get_valid``. The job and its audit entry go in one command
+    where the server can (``audit.insert_recorded``).
     """
     entry = await registry.get_valid(db, qual_name, cache=registry_cache)
     require(user, qual_name, EXECUTE)
@@ -115,13 +116,13 @@ async def enqueue(db: Database, qual_name: Any, args: Any = None, *, user: dict[
     if entry.get("unique"):
         job["unique_key"] = _unique_key(qual_name, args)
     try:
-        await db.queue.insert_one(job)
+        await audit.insert_recorded(db, db.queue, job, "job.enqueue", actor=user["name"], target=str(job["_id"]),
+                                    qual_name=qual_name)
     except DuplicateKeyError:
         existing = await db.queue.find_one({"unique_key": job.get("unique_key")}, {"_id": 1})
         existing_id = existing["_id"] if existing else None
         raise Conflict(f"{qual_name} is unique and a live job with the same arguments exists: "
                        f"{existing_id}", job_id=str(existing_id)) from None
-    await audit.record(db, "job.enqueue", actor=user["name"], target=str(job["_id"]), qual_name=qual_name)
     return job
 
 
