@@ -22,6 +22,7 @@ from core.permissions import EXECUTE, READ, may, require
 from core.states import FINAL, State, transition
 
 if TYPE_CHECKING:
+    from core.audit import RecordedInserts
     from core.cache import Cache
     from core.db import Database
 
@@ -88,7 +89,8 @@ def _unique_key(qual_name: str, args: dict[str, Any]) -> str:
 
 async def enqueue(db: Database, qual_name: Any, args: Any = None, *, user: dict[str, Any],
                   hostname: str | None = None, parent_id: ObjectId | None = None,
-                  registry_cache: Cache | None = None, **options: Any) -> dict[str, Any]:
+                  registry_cache: Cache | None = None, inserts: RecordedInserts | None = None,
+                  **options: Any) -> dict[str, Any]:
     """Add a pending job and its ``job.enqueue`` audit entry; return the job's document.
 
     Raises ``NotFound`` for an unknown or vanished qual_name, ``Forbidden``
@@ -96,7 +98,8 @@ async def enqueue(db: Database, qual_name: Any, args: Any = None, *, user: dict[
     and ``Conflict`` (with ``details["job_id"]``) when the class is ``unique``
     and a live job with the same arguments exists. ``registry_cache``: see
     ``registry.get_valid``. The job and its audit entry go in one command
-    where the server can (``audit.insert_recorded``).
+    where the server can (``audit.insert_recorded``), or, through
+    ``inserts`` (the server's), together with those of concurrent enqueues.
     """
     entry = await registry.get_valid(db, qual_name, cache=registry_cache)
     require(user, qual_name, EXECUTE)
@@ -115,9 +118,12 @@ async def enqueue(db: Database, qual_name: Any, args: Any = None, *, user: dict[
     }
     if entry.get("unique"):
         job["unique_key"] = _unique_key(qual_name, args)
+    record = {"actor": user["name"], "target": str(job["_id"]), "qual_name": qual_name}
     try:
-        await audit.insert_recorded(db, db.queue, job, "job.enqueue", actor=user["name"], target=str(job["_id"]),
-                                    qual_name=qual_name)
+        if inserts is None:
+            await audit.insert_recorded(db, db.queue, job, "job.enqueue", **record)
+        else:
+            await inserts.insert(job, "job.enqueue", **record)
     except DuplicateKeyError:
         existing = await db.queue.find_one({"unique_key": job.get("unique_key")}, {"_id": 1})
         existing_id = existing["_id"] if existing else None

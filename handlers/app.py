@@ -10,6 +10,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
+from core.audit import RecordedInserts
 from core.auth import Authenticator, load_secret
 from core.cache import Cache
 from core.config import Config
@@ -75,6 +76,8 @@ class Server:
         #: What every request reads, kept fresh by the hub (see ``core.cache``).
         self.user_cache = Cache(db, "user", hub=self.hub)
         self.registry_cache = Cache(db, "registry", hub=self.hub)
+        #: Enqueues arriving together are written together (see ``core.audit``).
+        self.job_inserts = RecordedInserts(db, db.queue)
         self.http: HTTPServer | None = None
         self.services: Services | None = None
         self.port: int | None = None
@@ -86,7 +89,7 @@ class Server:
                                       token_seconds=self.config.token_hours * 3600, user_cache=self.user_cache)
         await self.hub.start()
         self.services = services = Services(self.config, self.db, self.auth, self.hub, keepalive=self.keepalive,
-                                            registry_cache=self.registry_cache)
+                                            registry_cache=self.registry_cache, job_inserts=self.job_inserts)
         ssl_options = None
         if self.config.tls:
             ssl_options = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -113,5 +116,6 @@ class Server:
             await self.hub.stop()  # ends live followers
             await self.http.close_all_connections()
             self.http = None
+        await self.job_inserts.stop()
         self.user_cache.close()
         self.registry_cache.close()

@@ -175,6 +175,7 @@ class JobHandler(QueueHandler):
             job = await queue.enqueue(self.services.db, self.arg("qual_name"), self.arg("args", dict, {}),
                                       user=self.current_user, hostname=self.request.remote_ip,
                                       registry_cache=self.services.registry_cache,
+                                      inserts=self.services.job_inserts,
                                       **{k: v for k, v in options.items() if v is not None})
             if following:
                 await self.follow_job(job["_id"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from core.audit import RecordedInserts
 from core.auth import Authenticator
 from core.cache import Cache
 from core.config import Config
@@ -21,7 +22,8 @@ class Services:
 
     ``routes`` is the route table the application was built from (the OpenAPI
     document describes it). ``registry_cache`` holds the registry entries
-    enqueue reads (``core.cache``), if any.
+    enqueue reads (``core.cache``), and ``job_inserts`` writes the jobs of
+    concurrent enqueues together (``core.audit``), if any.
     """
 
     config: Config
@@ -34,6 +36,7 @@ class Services:
     started: float = field(default_factory=time.monotonic)
     streams: StreamLimit | None = None
     registry_cache: Cache | None = None
+    job_inserts: RecordedInserts | None = None
 
     def __post_init__(self) -> None:
         if self.streams is None:

@@ -1,4 +1,5 @@
-"""What every enqueue reads is cached (the user behind a credential, the registry entry), and changes still count.
+"""Enqueue's short path: what it reads is cached (the user behind a credential, the registry entry), and
+concurrent enqueues are written together; changes still count and every job is still checked and audited.
 
 Changes made "in another process" go through a second client of the same
 database (``other``), whose writes reach none of the server's caches: the
@@ -7,6 +8,7 @@ every entry once it is ``stale_seconds`` old.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, AsyncIterator
 
@@ -17,7 +19,7 @@ from core import registry, users
 from core.config import Config
 from core.db import Database
 from handlers.app import Server
-from tests.conftest import wait_for
+from tests.conftest import forget_package, make_package, wait_for
 
 DUMMY = "jobs.example.DummyJob"
 #: Within this many seconds a change made elsewhere must count, however loaded the machine
@@ -180,3 +182,41 @@ async def test_a_change_made_in_this_process_counts_at_once_even_without_a_strea
         assert (await enqueue(http)).status_code == 200
         await registry.sync(db, {})
         assert (await enqueue(http)).status_code == 404
+
+
+@pytest.fixture
+async def unique_job(db: Database, job_classes: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The qual_name of a registered ``unique`` job class from a temporary job package."""
+    package = make_package(tmp_path, monkeypatch, {"once": '''
+        from jobs import Job
+
+
+        class OnlyOnce(Job):
+            """At most one live job per argument set."""
+
+            unique = True
+
+            def execute(self, key: str = "a") -> None:
+                return None
+    '''})
+    await registry.sync(db, registry.discover([package]))
+    yield f"{package}.once.OnlyOnce"
+    forget_package(package)
+
+
+async def test_concurrent_enqueues_written_together_are_each_checked_and_audited(deck, db, team, unique_job):
+    async with client(deck, headers=bearer(deck, team["admin"])) as http:
+        def post(**body: Any) -> Any:
+            return http.post("/job", json={"qual_name": unique_job, "follow": False, **body})
+        same = await asyncio.gather(*(post(args={"key": "k"}) for _ in range(8)))
+        mixed = await asyncio.gather(*(post(args={"key": f"k{n}"}) for n in range(6)),
+                                     post(args={"key": 1}), post(args={"nope": "x"}))
+
+    winners = [reply for reply in same if reply.status_code == 200]
+    assert len(winners) == 1 and sorted(reply.status_code for reply in same) == [200] + [409] * 7
+    assert {reply.json()["details"]["job_id"] for reply in same if reply.status_code == 409} == {
+        winners[0].json()["data"]}
+    assert [reply.status_code for reply in mixed] == [200] * 6 + [400, 400]
+    enqueued = {reply.json()["data"] for reply in winners + mixed[:6]}
+    audited = {entry["target"] async for entry in db.audit.find({"action": "job.enqueue"})}
+    assert audited == enqueued and await db.queue.count_documents({}) == 7
