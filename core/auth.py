@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hmac
 import ipaddress
 import json
@@ -208,6 +209,7 @@ def _name(name: str) -> str:
     return name[:MAX_NAME]
 
 
+@functools.lru_cache(maxsize=4096)  # parsed three times per request otherwise; addresses repeat
 def _network(address: str) -> str:
     """The address as the throttle counts it: IPv4 as it is, IPv6 by its /64 network."""
     try:

@@ -8,7 +8,8 @@ from typing import Any
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
-from tornado.web import Application
+from tornado.log import access_log
+from tornado.web import Application, RequestHandler
 
 from core.audit import RecordedInserts
 from core.auth import Authenticator, load_secret
@@ -59,7 +60,17 @@ def make_app(services: Services, routes: list[tuple[str, type]] = ROUTES, **sett
     """The application with every route mounted under each of ``PREFIXES``."""
     services.routes = routes
     handlers = [(prefix + path + "/?", handler) for prefix in PREFIXES for path, handler in routes]
-    return Application(handlers, default_handler_class=NotFoundHandler, services=services, **settings)
+    return Application(handlers, default_handler_class=NotFoundHandler, services=services,
+                       log_function=_log_request, **settings)
+
+
+def _log_request(handler: RequestHandler) -> None:
+    """Tornado's access log line, made only when its level is logged (Tornado formats it first)."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if access_log.isEnabledFor(level):
+        access_log.log(level, "%d %s %.2fms", status, handler._request_summary(),
+                       1000.0 * handler.request.request_time())
 
 
 class Server:

@@ -167,8 +167,8 @@ class JobHandler(QueueHandler):
         reply="Id", sse=True, sse_optional=True, errors=(400, 401, 403, 404, 409, 413))}
 
     async def post(self) -> None:
-        options = {name: self.arg(name, float if name not in ("attempts", "priority") else int, None)
-                   for name in OPTIONS}
+        options = {name: self.arg(name, float if name not in ("attempts", "priority") else int)
+                   for name in OPTIONS if self.args.get(name) is not None}
         following = self.arg("follow", bool, True)  # read before enqueueing: a bad value enqueues nothing
         # The stream slot is taken first: a refused stream enqueues nothing.
         with self.slot() if following else contextlib.nullcontext():
@@ -176,7 +176,7 @@ class JobHandler(QueueHandler):
                                       user=self.current_user, hostname=self.request.remote_ip,
                                       registry_cache=self.services.registry_cache,
                                       inserts=self.services.job_inserts,
-                                      **{k: v for k, v in options.items() if v is not None})
+                                      **options)
             if following:
                 await self.follow_job(job["_id"])
             else:
