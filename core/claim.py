@@ -9,9 +9,10 @@
   runs already are never claimed again by it.
 - ``next_due_in`` says how long until the next waiting job falls due.
 - ``QueueWatcher`` follows the queue's change stream, filtered to the fields a
-  worker acts on (new jobs, state changes, kills, due times -- not lease
-  renewals or progress), and calls back: ``wake()`` to look for due jobs,
-  ``killed(job_id)`` when a running job is asked to die.
+  worker acts on (new jobs, changes into a waiting state, kills, due times --
+  not claims, ends, lease renewals or progress), and calls back:
+  ``inserted(job)`` for a new job, ``wake()`` for other changes that may make
+  a job claimable, ``killed(job_id)`` when a running job is asked to die.
 
 A job document that cannot be claimed because it is malformed (no
 ``query_at``, no ``version``...) is logged and skipped.
@@ -19,11 +20,14 @@ A job document that cannot be claimed because it is malformed (no
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import secrets
+import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Collection
 
+from bson import ObjectId
 from pymongo.errors import OperationFailure, PyMongoError
 
 from core import states
@@ -48,65 +52,140 @@ def _now() -> datetime:
 
 
 class Claimer:
-    """Claims a worker's next jobs; keeps the candidates a scan found beyond its free slots.
+    """Claims a worker's next jobs from a ready list: the most urgent due jobs, in order, kept between claims.
 
-    A scan reads the ``batch`` most urgent due jobs; those not claimed at once
-    wait in a ready list, so that a slot that frees up claims its next job
-    with one compare-and-set and no read. The list holds documents as read:
-    a job that changed meanwhile (claimed elsewhere, killed) fails its
-    compare-and-set and is dropped. Whoever learns that the queue changed in
-    a way the list cannot know (a new job, one due again, one reaped) calls
-    ``invalidate``, and the next claim scans again.
+    The list holds small stubs (``_id``, ``version``, ``state``, ``priority``,
+    ``trial``, ``started_at``) of at most ``limit`` jobs: the head of the due
+    jobs of this worker's classes, by priority, then age. A claim takes the
+    first stub and makes it ``running`` with one compare-and-set that returns
+    the whole job (``findAndModify``); a stub whose job changed meanwhile
+    (claimed elsewhere, killed) fails it and is dropped. So a claim costs one
+    write, and the queue is read only when the list is empty but may not hold
+    every due job, or after ``invalidate``.
+
+    It is kept true by the queue's change stream: a new job is ``offer``-ed
+    (added in its place when it is due and ours), and whatever else makes a
+    job claimable (a retry or a deferral due, a restart, a reaped job, a
+    reopened stream, a timer for the next due time) calls ``invalidate``.
+    A job known to fall due later (``due_in``: from an offer, or the worker's
+    timer) makes the first claim after its time read the queue. Whatever an
+    event may have missed, the list is read anew when it is older than
+    ``max_age`` seconds: a retry that falls due while every slot is busy and
+    the list still holds jobs takes its place in the order within that time.
     """
 
-    def __init__(self, db: Database, *, worker: str, host: str, classes: Collection[str], batch: int) -> None:
+    def __init__(self, db: Database, *, worker: str, host: str, classes: Collection[str], limit: int = 1000,
+                 max_age: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.db = db
         self.worker = worker
         self.host = host
-        self.classes = list(classes)
-        self.batch = batch
-        self._ready: list[dict[str, Any]] = []
+        self.classes = set(classes)
+        self.limit = limit
+        self.max_age = max_age
+        self.clock = clock
+        self._ready: list[tuple[Any, dict[str, Any]]] = []  # (sort key, stub), most urgent first
+        self._complete = False     # the list held every due job of ours when it was read
+        self._read_at: float | None = None  # when it was read (None: it must be read)
+        self._due_at: float | None = None   # when a job known not to be due yet falls due
+        #: Reads of the queue so far (tests and benchmarks look at it).
+        self.scans = 0
 
     def invalidate(self) -> None:
-        """Forget the candidates: the next claim scans the queue."""
-        self._ready.clear()
+        """The list may be wrong: the next claim reads the queue."""
+        self._read_at = None
+
+    def due_in(self, seconds: float) -> None:
+        """A waiting job falls due in ``seconds``: read the queue at the first claim after that."""
+        due = self.clock() + seconds
+        self._due_at = due if self._due_at is None else min(self._due_at, due)
+
+    def offer(self, job: dict[str, Any]) -> None:
+        """A new job (from the change stream): add it in its place if it is due and this worker's."""
+        if self._read_at is None:
+            return  # read again at the next claim anyway
+        try:
+            if job["qual_name"] not in self.classes or job["state"] not in _WAITING:
+                return
+            wait = (job["query_at"] - _now()).total_seconds()
+            if wait > 0:
+                self.due_in(wait)
+                return
+            key = _key(job)
+        except _MALFORMED:
+            return  # the next read of the queue logs it
+        if not self._complete and (not self._ready or key > self._ready[-1][0]):
+            return  # jobs the list does not hold come before it: a later read finds it
+        bisect.insort(self._ready, (key, _stub(job)), key=lambda entry: entry[0])
+        if len(self._ready) > self.limit:
+            self._ready.pop()
+            self._complete = False
 
     async def claim(self, n: int, running: Collection[Any] = ()) -> list[dict[str, Any]]:
         """Claim up to ``n`` due jobs; return them (now ``running``), most urgent first."""
         if n <= 0:
             return []
+        now = self.clock()
+        if self._read_at is None or now - self._read_at > self.max_age or \
+                (self._due_at is not None and now >= self._due_at):
+            await self._read()
         claimed = await self._take(n, running)
-        if len(claimed) < n:
-            self._ready = await self._scan(max(self.batch, n))
+        if len(claimed) < n and not self._complete:
+            await self._read()
             claimed += await self._take(n - len(claimed), running)
         return claimed
 
-    async def _scan(self, limit: int) -> list[dict[str, Any]]:
-        return await self.db.majority(self.db.queue).find(
-            {"state": {"$in": _WAITING}, "query_at": {"$lte": _now()}, "qual_name": {"$in": self.classes}},
-        ).sort([("priority", -1), ("_id", 1)]).limit(limit).to_list()
+    async def _read(self) -> None:
+        self.scans += 1
+        read_at = self.clock()
+        stubs = await self.db.majority(self.db.queue).find(
+            {"state": {"$in": _WAITING}, "query_at": {"$lte": _now()}, "qual_name": {"$in": sorted(self.classes)}},
+            _STUB).sort([("priority", -1), ("_id", 1)]).limit(self.limit).to_list()
+        ready = []
+        for stub in stubs:
+            try:
+                ready.append((_key(stub), stub))
+            except _MALFORMED as exc:
+                log.error("cannot claim job %s, its document is malformed (%r); skipping it", stub.get("_id"), exc)
+        self._ready, self._complete, self._read_at = ready, len(stubs) < self.limit, read_at
+        if self._due_at is not None and self._due_at <= read_at:
+            self._due_at = None
 
     async def _take(self, n: int, running: Collection[Any]) -> list[dict[str, Any]]:
         claimed: list[dict[str, Any]] = []
         while self._ready and len(claimed) < n:
-            job = self._ready.pop(0)
-            if job.get("_id") in running:
+            _, stub = self._ready.pop(0)
+            if stub["_id"] in running:
                 continue  # still running here under an older claim: never two processes of one job
             now = _now()
             locked = {"worker": self.worker, "host": self.host, "pid": None, "at": now, "heartbeat": now,
                       "token": secrets.token_hex(8)}
             try:
-                claimed.append(await transition(self.db, job, State.RUNNING, trial=job["trial"] + 1, locked=locked,
-                                                started_at=job.get("started_at") or now,
+                claimed.append(await transition(self.db, stub, State.RUNNING, fetch=True, trial=stub["trial"] + 1,
+                                                locked=locked, started_at=stub.get("started_at") or now,
                                                 prog={"value": 0.0, "message": None}))
             except Conflict:
-                continue  # another worker got it first, or it changed since the scan
+                continue  # another worker got it first, or it changed since it was read
             except _MALFORMED as exc:
-                log.error("cannot claim job %s, its document is malformed (%r); skipping it", job.get("_id"), exc)
+                log.error("cannot claim job %s, its document is malformed (%r); skipping it", stub["_id"], exc)
             except BaseException:
-                self._ready.clear()  # a database error: whether the last one was claimed is unknown
+                self.invalidate()  # a database error: whether that one was claimed is unknown
                 raise
         return claimed
+
+
+_STUB = {"_id": 1, "version": 1, "state": 1, "priority": 1, "trial": 1, "started_at": 1}
+
+
+def _stub(job: dict[str, Any]) -> dict[str, Any]:
+    return {name: job[name] for name in _STUB if name in job}
+
+
+def _key(job: dict[str, Any]) -> tuple[int, ObjectId]:
+    """The claim order: highest priority first, then oldest (ObjectIds grow with time)."""
+    priority, job_id = job["priority"], job["_id"]
+    if not isinstance(priority, int) or not isinstance(job_id, ObjectId):
+        raise TypeError(f"priority {priority!r} and _id {job_id!r}")
+    return -priority, job_id
 
 
 async def next_due_in(db: Database, classes: Collection[str], ceiling: float) -> float:
@@ -123,9 +202,13 @@ async def next_due_in(db: Database, classes: Collection[str], ceiling: float) ->
 # Inserts, and updates that change what a worker acts on. secantusd reports a
 # dotted $set as a nested field, MongoDB as a dotted one: both name top-level
 # fields here.
+# A state change matters only into a state a worker claims from: not a claim
+# (running), not an end (a final move deletes from the queue), each of which
+# would otherwise cost the server an event to deliver per job.
 _PIPELINE = [{"$match": {"$or": [
     {"operationType": {"$in": ["insert", "replace"]}},
-    *({f"updateDescription.updatedFields.{name}": {"$exists": True}} for name in ("state", "killed_at", "query_at")),
+    {"updateDescription.updatedFields.state": {"$in": _WAITING}},
+    *({f"updateDescription.updatedFields.{name}": {"$exists": True}} for name in ("killed_at", "query_at")),
 ]}}]
 
 
@@ -137,9 +220,11 @@ class QueueWatcher:
     """
 
     def __init__(self, db: Database, *, wake: Callable[[], None], killed: Callable[[Any], None],
-                 reopened: Callable[[], None], retry_seconds: float = 1.0) -> None:
+                 reopened: Callable[[], None], inserted: Callable[[dict[str, Any]], None] | None = None,
+                 retry_seconds: float = 1.0) -> None:
         self.db = db
         self.wake = wake
+        self.inserted = inserted
         self.killed = killed
         self.reopened = reopened
         self.retry_seconds = retry_seconds
@@ -184,6 +269,9 @@ class QueueWatcher:
         job_id = (change.get("documentKey") or {}).get("_id")
         if fields.get("killed_at") or document.get("killed_at"):
             self.killed(job_id)
+        if change.get("operationType") == "insert" and self.inserted is not None:
+            self.inserted(document)
+            return
         state = fields.get("state") or document.get("state")
         if state in _WAITING or "query_at" in fields:
             self.wake()

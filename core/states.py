@@ -75,7 +75,7 @@ def is_final(state: str) -> bool:
 
 
 async def transition(db: Database, job: dict[str, Any], to: State, *, fence: dict[str, Any] | None = None,
-                     **fields: Any) -> dict[str, Any]:
+                     fetch: bool = False, **fields: Any) -> dict[str, Any]:
     """Move ``job`` (as last read) to state ``to``, setting ``fields``; return the new document.
 
     The move is conditioned on the job's ``state`` and ``version``, or, with
@@ -83,7 +83,8 @@ async def transition(db: Database, job: dict[str, Any], to: State, *, fence: dic
     instead of the version: a run ends its job by its claim token without
     reading it first. Moves to a final state return the document as stored
     in the journal; others return ``job`` updated (after a fenced move its
-    ``version`` is a guess).
+    ``version`` is a guess), or, with ``fetch``, the whole document as
+    stored (``job`` then needs only ``_id``, ``state`` and ``version``).
 
     Raises ``Conflict`` if the table forbids the move, or if the job changed
     since it was read (another actor won).
@@ -94,6 +95,11 @@ async def transition(db: Database, job: dict[str, Any], to: State, *, fence: dic
     condition = {"_id": job["_id"], "state": source.value, **(fence or {"version": job["version"]})}
     update = {"$set": {"state": to.value, **fields}, "$inc": {"version": 1}}
     if to not in FINAL:
+        if fetch:
+            stored = await db.queue.find_one_and_update(condition, update, return_document=ReturnDocument.AFTER)
+            if stored is None:
+                raise _lost(job)
+            return stored
         if not (await db.queue.update_one(condition, update)).modified_count:
             raise _lost(job)
         return {**job, **fields, "state": to.value, "version": job["version"] + 1}

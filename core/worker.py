@@ -77,12 +77,13 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._claimer: asyncio.Task[None] | None = None
-        self.claimer = claiming.Claimer(db, worker=self.id, host=self.host, classes=classes, batch=slots * 4)
+        self.claimer = claiming.Claimer(db, worker=self.id, host=self.host, classes=classes)
         self.leases = Leases(db, worker_id=self.id, lease_seconds=config.lease_seconds,
                              heartbeat_seconds=config.heartbeat_seconds, runs=lambda: self.runs.values(),
                              on_reaped=self._queue_changed)
         self.watcher = claiming.QueueWatcher(db, wake=self._queue_changed, killed=self._killed,
-                                             reopened=self._check_kills, retry_seconds=poll_seconds)
+                                             reopened=self._check_kills, inserted=self._job_inserted,
+                                             retry_seconds=poll_seconds)
         self._checks: set[asyncio.Task[None]] = set()
         #: The fork server, while jobs are started by fork (None: spawned).
         self.launcher: forkserver.ForkServer | None = None
@@ -96,6 +97,8 @@ class Worker:
             "slots": self.slots, "running": [], "jobs": sorted(self.classes)}}], upsert=True)
         await states.complete_moves(self.db)
         await self._start_launcher()
+        # Without change streams nothing tells the ready list of new jobs: it is read every poll.
+        self.claimer.max_age = 30.0 if self.db.change_streams else self.poll_seconds
         self._claimer = asyncio.create_task(self._claim_loop(), name="worker-claim")
         self.leases.start()
         if self.db.change_streams:
@@ -167,6 +170,10 @@ class Worker:
         busy = sum(1 for run in self.runs.values() if not run.exited)
         return max(0, min(self.slots - busy, 2 * self.slots - len(self.runs)))
 
+    def _job_inserted(self, job: dict[str, Any]) -> None:
+        self.claimer.offer(job)
+        self._wake.set()
+
     def _queue_changed(self) -> None:
         """A job came, fell due or was reaped: claim from a fresh scan."""
         self.claimer.invalidate()
@@ -175,7 +182,10 @@ class Worker:
     async def _next_due_in(self) -> float:
         """Seconds until the next waiting job falls due (at most ``poll_seconds`` without change streams)."""
         ceiling = 30.0 if self.db.change_streams else self.poll_seconds
-        return await claiming.next_due_in(self.db, self.classes, ceiling)
+        seconds = await claiming.next_due_in(self.db, self.classes, ceiling)
+        if seconds < ceiling:
+            self.claimer.due_in(seconds)
+        return seconds
 
     async def _claim_loop(self) -> None:
         while not self._stopping:

