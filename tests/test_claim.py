@@ -1,0 +1,92 @@
+"""The claimer's ready list: claims in order with one write each, kept true by offers, timers and reads."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from core import queue
+from core.claim import Claimer
+from core.db import Database
+
+ADMIN = queue.operator("test")
+NOOP = "jobs.example.NoopJob"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def claimer(db: Database, clock: Clock, name: str = "w1", **options: Any) -> Claimer:
+    return Claimer(db, worker=name, host="h", classes=[NOOP], clock=clock, **options)
+
+
+async def enqueue(db: Database, **options: Any) -> dict[str, Any]:
+    return await queue.enqueue(db, NOOP, {}, user=ADMIN, **options)
+
+
+async def test_claims_follow_priority_then_age_and_read_the_queue_once(db: Database, job_classes: Any) -> None:
+    jobs = [await enqueue(db, priority=p) for p in (0, 5, 0, 9)]
+    claims = claimer(db, Clock())
+
+    got = [(await claims.claim(1))[0]["_id"] for _ in jobs]
+
+    assert got == [jobs[3]["_id"], jobs[1]["_id"], jobs[0]["_id"], jobs[2]["_id"]]
+    assert claims.scans == 1
+    assert await claims.claim(1) == [] and claims.scans == 1  # the list held every due job: nothing to read
+
+
+async def test_an_offered_job_takes_its_place_without_a_read(db: Database, job_classes: Any) -> None:
+    low = [await enqueue(db) for _ in range(3)]
+    claims = claimer(db, Clock())
+    assert (await claims.claim(1))[0]["_id"] == low[0]["_id"]
+
+    urgent = await enqueue(db, priority=3)
+    claims.offer(urgent)
+
+    assert (await claims.claim(2))[0]["_id"] == urgent["_id"]
+    assert claims.scans == 1
+
+
+async def test_a_job_whose_offer_was_missed_is_found_within_max_age(db: Database, job_classes: Any) -> None:
+    clock = Clock()
+    first = await enqueue(db)
+    claims = claimer(db, clock, max_age=30)
+    await enqueue(db)
+    assert (await claims.claim(1))[0]["_id"] == first["_id"]
+    missed = await enqueue(db, priority=9)  # no offer: its event was lost
+
+    clock.now += 31
+    assert (await claims.claim(1))[0]["_id"] == missed["_id"]
+    assert claims.scans == 2
+
+
+async def test_a_job_due_later_is_claimed_once_due(db: Database, job_classes: Any) -> None:
+    clock = Clock()
+    claims = claimer(db, clock)
+    assert await claims.claim(1) == []
+    later = await enqueue(db)
+    await db.queue.update_one({"_id": later["_id"]}, {"$set": {"query_at": datetime.now(timezone.utc) +
+                                                               timedelta(seconds=0.2)}})
+    claims.offer(await db.queue.find_one({"_id": later["_id"]}))
+    assert await claims.claim(1) == []
+
+    await db.queue.update_one({"_id": later["_id"]}, {"$set": {"query_at": datetime.now(timezone.utc)}})
+    clock.now += 0.3
+    assert (await claims.claim(1))[0]["_id"] == later["_id"]
+
+
+async def test_two_claimers_with_the_same_list_never_claim_one_job_twice(db: Database, job_classes: Any) -> None:
+    jobs = [await enqueue(db) for _ in range(6)]
+    one, two = claimer(db, Clock(), "w1"), claimer(db, Clock(), "w2")
+    await one.claim(1)
+    await two.claim(1)  # both lists hold the same stubs now
+
+    claimed = [job["_id"] for claims in (one, two, one, two, one, two) for job in await claims.claim(1)]
+    claimed += [job["_id"] for claims in (one, two) for job in await claims.claim(3)]
+
+    everything = await db.queue.find({"state": "running"}, {"locked.worker": 1}).to_list()
+    assert len(everything) == len(jobs) and len(set(claimed)) == len(claimed) == len(jobs) - 2
