@@ -1,12 +1,11 @@
 """Claiming due jobs, and the change stream that says when to look.
 
-- ``Claimer`` finds the most urgent due jobs (highest priority, then oldest;
-  ``query_at`` has come) among the classes a worker runs, and takes as many
-  as it has free slots, each with a compare-and-set on ``{_id, state,
-  version}`` through ``states.transition``: of two workers exactly one wins
-  a job. It keeps the other candidates of a scan for the next free slot. A
-  claim writes a fresh ``locked.token`` (see ``core.lease``). Ids the worker
-  runs already are never claimed again by it.
+- ``Claimer`` keeps the most urgent due jobs (highest priority, then oldest;
+  ``query_at`` has come) of the classes a worker runs in a ready list, and
+  takes as many as it has free slots, each with a compare-and-set that the
+  job is still waiting (``states.claim``): of two workers exactly one wins a
+  job. A claim writes a fresh ``locked.token`` (see ``core.lease``). Ids the
+  worker runs already are never claimed again by it.
 - ``next_due_in`` says how long until the next waiting job falls due.
 - ``QueueWatcher`` follows the queue's change stream, filtered to the fields a
   worker acts on (new jobs, changes into a waiting state, kills, due times --
@@ -31,8 +30,6 @@ from bson import ObjectId
 from pymongo.errors import OperationFailure, PyMongoError
 
 from core import states
-from core.errors import Conflict
-from core.states import State, transition
 from core.tasks import stop_task
 
 if TYPE_CHECKING:
@@ -151,28 +148,39 @@ class Claimer:
             self._due_at = None
 
     async def _take(self, n: int, running: Collection[Any]) -> list[dict[str, Any]]:
+        """Claim from the head of the list, a window of ``_WINDOW`` stubs per write.
+
+        The server takes the most urgent job of the window that is still
+        waiting and due; the stubs before it were taken by other workers (or
+        changed) and are dropped with it. Ids this worker still runs under an
+        older claim are never offered: never two processes of one job.
+        """
         claimed: list[dict[str, Any]] = []
         while self._ready and len(claimed) < n:
-            _, stub = self._ready.pop(0)
-            if stub["_id"] in running:
-                continue  # still running here under an older claim: never two processes of one job
+            self._ready = [entry for entry in self._ready if entry[1]["_id"] not in running] \
+                if running else self._ready
+            window = [stub["_id"] for _, stub in self._ready[:_WINDOW]]
+            if not window:
+                break
             now = _now()
             locked = {"worker": self.worker, "host": self.host, "pid": None, "at": now, "heartbeat": now,
                       "token": secrets.token_hex(8)}
             try:
-                claimed.append(await transition(self.db, stub, State.RUNNING, fetch=True, trial=stub["trial"] + 1,
-                                                locked=locked, started_at=stub.get("started_at") or now,
-                                                prog={"value": 0.0, "message": None}))
-            except Conflict:
-                continue  # another worker got it first, or it changed since it was read
-            except _MALFORMED as exc:
-                log.error("cannot claim job %s, its document is malformed (%r); skipping it", stub["_id"], exc)
+                job = await states.claim(self.db, window, locked=locked, now=now)
             except BaseException:
-                self.invalidate()  # a database error: whether that one was claimed is unknown
+                self.invalidate()  # a database error: whether one was claimed is unknown
                 raise
+            if job is None:
+                del self._ready[:len(window)]
+                continue
+            del self._ready[:window.index(job["_id"]) + 1]
+            claimed.append(job)
         return claimed
 
 
+#: Stubs one claim offers the server: the head of the list, so that a few
+#: taken by other workers cost no extra write.
+_WINDOW = 8
 _STUB = {"_id": 1, "version": 1, "state": 1, "priority": 1, "trial": 1, "started_at": 1}
 
 
@@ -181,10 +189,15 @@ def _stub(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _key(job: dict[str, Any]) -> tuple[int, ObjectId]:
-    """The claim order: highest priority first, then oldest (ObjectIds grow with time)."""
+    """The claim order: highest priority first, then oldest (ObjectIds grow with time).
+
+    Raises ``TypeError`` for a document that cannot be claimed (malformed).
+    """
     priority, job_id = job["priority"], job["_id"]
-    if not isinstance(priority, int) or not isinstance(job_id, ObjectId):
-        raise TypeError(f"priority {priority!r} and _id {job_id!r}")
+    if not isinstance(priority, int) or not isinstance(job_id, ObjectId) or \
+            not isinstance(job.get("trial"), int) or not isinstance(job.get("version"), int):
+        raise TypeError(f"priority {priority!r}, _id {job_id!r}, trial {job.get('trial')!r}, "
+                        f"version {job.get('version')!r}")
     return -priority, job_id
 
 

@@ -11,9 +11,10 @@
 
     failed/deferred ──restart──▶ pending;   any live state ──kill──▶ killed
 
-``transition`` is the only writer of ``state``: one conditional update on
-``{_id, state, version}`` that bumps ``version``, so of two actors racing for
-the same job exactly one wins; the loser gets ``Conflict``. A transition to a
+``transition`` is the only writer of ``state`` (with ``claim``, its form for
+workers): one conditional update on ``{_id, state, version}`` that bumps
+``version``, so of two actors racing for the same job exactly one wins; the
+loser gets ``Conflict``. A transition to a
 final state also moves the job from ``queue`` to ``journal``: in a transaction
 (two writes: delete from the queue, insert into the journal) when the server
 has them, otherwise in an order that ``complete_moves`` can
@@ -22,6 +23,7 @@ finish after a crash (a job is never in neither collection, and a copy left in
 """
 from __future__ import annotations
 
+from datetime import datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +34,7 @@ from core.errors import Conflict
 if TYPE_CHECKING:
     from core.db import Database
 
-__all__ = ["State", "FINAL", "LIVE", "WAITING", "TRANSITIONS", "transition", "complete_moves", "is_final"]
+__all__ = ["State", "FINAL", "LIVE", "WAITING", "TRANSITIONS", "transition", "claim", "complete_moves", "is_final"]
 
 
 class State(str, Enum):
@@ -75,7 +77,7 @@ def is_final(state: str) -> bool:
 
 
 async def transition(db: Database, job: dict[str, Any], to: State, *, fence: dict[str, Any] | None = None,
-                     fetch: bool = False, **fields: Any) -> dict[str, Any]:
+                     **fields: Any) -> dict[str, Any]:
     """Move ``job`` (as last read) to state ``to``, setting ``fields``; return the new document.
 
     The move is conditioned on the job's ``state`` and ``version``, or, with
@@ -83,8 +85,7 @@ async def transition(db: Database, job: dict[str, Any], to: State, *, fence: dic
     instead of the version: a run ends its job by its claim token without
     reading it first. Moves to a final state return the document as stored
     in the journal; others return ``job`` updated (after a fenced move its
-    ``version`` is a guess), or, with ``fetch``, the whole document as
-    stored (``job`` then needs only ``_id``, ``state`` and ``version``).
+    ``version`` is a guess).
 
     Raises ``Conflict`` if the table forbids the move, or if the job changed
     since it was read (another actor won).
@@ -95,11 +96,6 @@ async def transition(db: Database, job: dict[str, Any], to: State, *, fence: dic
     condition = {"_id": job["_id"], "state": source.value, **(fence or {"version": job["version"]})}
     update = {"$set": {"state": to.value, **fields}, "$inc": {"version": 1}}
     if to not in FINAL:
-        if fetch:
-            stored = await db.queue.find_one_and_update(condition, update, return_document=ReturnDocument.AFTER)
-            if stored is None:
-                raise _lost(job)
-            return stored
         if not (await db.queue.update_one(condition, update)).modified_count:
             raise _lost(job)
         return {**job, **fields, "state": to.value, "version": job["version"] + 1}
@@ -119,6 +115,26 @@ async def transition(db: Database, job: dict[str, Any], to: State, *, fence: dic
         raise _lost(job)
     await _move(db, [after])
     return after
+
+
+async def claim(db: Database, ids: list[Any], *, locked: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+    """Make the most urgent of the jobs ``ids`` that is waiting and due ``running``; return it, or None.
+
+    The claim's compare-and-set: one ``findAndModify`` whose condition is
+    that the job is still waiting and due, so of two workers exactly one gets
+    it, and a job taken or changed since it was read is passed over for the
+    next of ``ids`` (the server picks by priority, then age). It starts a new
+    trial: ``trial`` + 1, ``locked`` set, ``started_at`` kept from the first
+    trial, progress cleared, ``version`` bumped.
+    """
+    waiting = sorted(state.value for state in WAITING if State.RUNNING in TRANSITIONS[state])
+    return await db.queue.find_one_and_update(
+        {"_id": {"$in": ids}, "state": {"$in": waiting}, "query_at": {"$lte": now},
+         "trial": {"$type": "number"}, "version": {"$type": "number"}},
+        [{"$set": {"state": State.RUNNING.value, "trial": {"$add": ["$trial", 1]},
+                   "locked": {"$literal": locked}, "started_at": {"$ifNull": ["$started_at", now]},
+                   "prog": {"$literal": {"value": 0.0, "message": None}}, "version": {"$add": ["$version", 1]}}}],
+        sort=[("priority", -1), ("_id", 1)], return_document=ReturnDocument.AFTER)
 
 
 def _lost(job: dict[str, Any]) -> Conflict:
