@@ -152,14 +152,16 @@ class Claimer:
 
         The server takes the most urgent job of the window that is still
         waiting and due; the stubs before it were taken by other workers (or
-        changed) and are dropped with it. Ids this worker still runs under an
+        changed) and are dropped with it. A window of none grows the next
+        one fourfold: another worker is ahead in the same list. Ids this worker still runs under an
         older claim are never offered: never two processes of one job.
         """
         claimed: list[dict[str, Any]] = []
+        size = _WINDOW
         while self._ready and len(claimed) < n:
             self._ready = [entry for entry in self._ready if entry[1]["_id"] not in running] \
                 if running else self._ready
-            window = [stub["_id"] for _, stub in self._ready[:_WINDOW]]
+            window = [stub["_id"] for _, stub in self._ready[:size]]
             if not window:
                 break
             now = _now()
@@ -170,8 +172,9 @@ class Claimer:
             except BaseException:
                 self.invalidate()  # a database error: whether one was claimed is unknown
                 raise
-            if job is None:
+            if job is None:  # all taken: another worker is ahead in the same list
                 del self._ready[:len(window)]
+                size = min(size * 4, _MAX_WINDOW)
                 continue
             del self._ready[:window.index(job["_id"]) + 1]
             claimed.append(job)
@@ -181,6 +184,7 @@ class Claimer:
 #: Stubs one claim offers the server: the head of the list, so that a few
 #: taken by other workers cost no extra write.
 _WINDOW = 8
+_MAX_WINDOW = 512
 _STUB = {"_id": 1, "version": 1, "state": 1, "priority": 1, "trial": 1, "started_at": 1}
 
 
