@@ -107,6 +107,8 @@ class ForkServer:
 
     async def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self.process is not None:
+            self.process.poll()  # reap a launcher that died
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.process = subprocess.Popen(

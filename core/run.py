@@ -22,6 +22,7 @@ attempt, and a process that ended without a word is an error of the job.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
@@ -198,9 +199,10 @@ class Run:
                                                         {"$set": fields, "$inc": {"version": 1}})
             except PyMongoError as exc:
                 log.info("progress of job %s not written (%s); retrying", self.id, exc)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.abandon.wait(), delay)  # the worker gives up: so do we
                 if self.abandon.is_set():
                     return
-                await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_DELAY)
                 continue
             if not result.matched_count:
@@ -236,17 +238,13 @@ class Run:
         was known at the claim. Without one (a kill, wall_time, a shutdown)
         it is read, for a kill asked for meanwhile.
         """
-        while True:
-            job = self.job if outcome is not None else await self._read()
-            if job is None:
-                return
+        job = self.job if outcome is not None else await self._read()
+        while job is not None:
             try:
                 await self._retrying("write the end", lambda: self._conclude(job, outcome))
                 return
             except Conflict:
-                if await self._read() is None:
-                    return
-                # Still ours: a transition the table forbade cannot be; read and try again.
+                job = await self._read()  # still ours (it cannot be, but then as it is now), or not
 
     async def _read(self) -> dict[str, Any] | None:
         """The job as stored, while it is still this run's; None (said in the log) once it is not."""
