@@ -1,11 +1,10 @@
 """The fork server: jobs forked by a launcher that imported them once, and the spawn fallback."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import psutil
 import pytest
@@ -27,28 +26,17 @@ pytestmark = pytest.mark.skipif(not forkserver.is_available(), reason="no fork s
 
 
 @pytest.fixture
-async def classes(db: Database) -> dict[str, Any]:
+async def job_classes(db: Database) -> dict[str, Any]:
+    """The example jobs and ``tests.jobs``, registered (the workers of ``worker_factory`` run these)."""
     found = registry.discover(["tests.jobs"])
     await registry.sync(db, found)
     return found
 
 
 @pytest.fixture
-async def start_worker(db: Database, config: Any, classes: dict[str, Any]) -> AsyncIterator[StartWorker]:
-    """Workers that run ``tests.jobs`` as well."""
-    started: list[Worker] = []
-
-    async def start(job_start: str = "fork", slots: int = 2) -> Worker:
-        worker = Worker(db, dataclasses.replace(config, job_start=job_start), classes=classes, slots=slots,
-                        kill_grace=0.5, shutdown_grace=0.2, poll_seconds=0.2)
-        await worker.start()
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.hurry()
-        await worker.stop()
+def start_worker(worker_factory: StartWorker) -> StartWorker:
+    """``await start_worker("fork" | "spawn")``: a 2-slot worker (stopped at teardown)."""
+    return lambda job_start="fork": worker_factory(slots=2, job_start=job_start)
 
 
 async def run_job(db: Database, qual_name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -375,12 +375,10 @@ async def test_stopped_worker_lets_a_job_finish_within_the_grace_period(
 
 # --- logs and throughput ------------------------------------------------------------------
 
-@pytest.mark.parametrize("job_start", ["fork", "spawn"])
-async def test_chatty_job_keeps_every_log_line_in_order(db: Database, start_worker: StartWorker,
-                                                       job_start: str) -> None:
+async def test_chatty_job_keeps_every_log_line_in_order(db: Database, start_worker: StartWorker) -> None:
     lines = 20_000
     job = await enqueue(db, "jobs.example.ChattyJob", {"lines": lines})
-    await start_worker(job_start=job_start)
+    await start_worker()
 
     done = await finished(db, job["_id"], timeout=60)
 

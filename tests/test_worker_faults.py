@@ -65,8 +65,11 @@ async def apps(config: Config, db: Database) -> AsyncIterator[Any]:
     opened: list[Database] = []
 
     async def open_one(name: str) -> Database:
+        # A quick monitor: after "shutting down" or "not primary" the driver pauses its pool until the
+        # monitor sees the server again (10 s by default), which only makes the test slow.
         handle = Database(AsyncMongoClient(config.mongo_url, appname=name, tz_aware=True, tzinfo=timezone.utc,
-                                           w="majority", serverSelectionTimeoutMS=5000), config.database)
+                                           w="majority", serverSelectionTimeoutMS=5000,
+                                           heartbeatFrequencyMS=1000), config.database)
         await handle.setup(log_retention_days=1)
         opened.append(handle)
         return handle
