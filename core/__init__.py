@@ -3,6 +3,6 @@
 Core imports neither the HTTP layer (``handlers``) nor the command line
 (``jobdeck``); both call the functions here.
 """
-__all__ = ["audit", "auth", "blocking", "cache", "config", "db", "embedded", "encoding", "errors", "follow", "hub",
-           "job", "journal", "listing", "logs", "metrics", "permissions", "process", "queue", "registry", "runner",
-           "states", "stats", "users", "worker"]
+__all__ = ["audit", "auth", "blocking", "cache", "claim", "config", "db", "embedded", "encoding", "errors", "follow",
+           "forkserver", "hub", "job", "journal", "lease", "listing", "logs", "metrics", "permissions", "process",
+           "queue", "registry", "run", "runner", "states", "stats", "tasks", "users", "worker"]
