@@ -61,14 +61,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import psutil
 
 from core.errors import ConfigError, DatabaseUnavailable
 
 __all__ = ["EmbeddedServer", "RunningServer", "SharedServer", "database_url", "find_running", "executable",
-           "shared_server", "url_for", "STATE_FILE", "PORT_FILE", "USERS_DIR"]
+           "running_elsewhere", "shared_server", "starting_note", "url_for", "STATE_FILE", "PORT_FILE", "USERS_DIR"]
 
 log = logging.getLogger(__name__)
 
@@ -363,15 +363,54 @@ class SharedServer:
             return False
 
 
+def running_elsewhere(data_dir: str | os.PathLike[str]) -> list[Path]:
+    """The data dirs, other than ``data_dir``, whose embedded server a keeper runs on this machine."""
+    own = Path(data_dir).resolve()
+    found: list[Path] = []
+    for process in psutil.process_iter(["cmdline"]):
+        words = process.info.get("cmdline") or []
+        if words[1:4] == ["-m", "core.embedded", "keep"] and len(words) > 4:
+            other = Path(words[4])
+            if other != own and other not in found:
+                found.append(other)
+    return found
+
+
+def starting_note(data_dir: str | os.PathLike[str], *, temporary: bool) -> str:
+    """What to tell an operator whose command starts the embedded server of ``data_dir``.
+
+    ``temporary``: the command ends soon, and the server with it (an empty
+    throwaway database if the operator meant another data dir).
+    """
+    data_dir = Path(data_dir).resolve()
+    if temporary:
+        text = (f"no embedded database runs for data_dir {data_dir}; starting one for this command only "
+                "(it stops when the command ends).")
+    else:
+        text = f"no embedded database runs for data_dir {data_dir}; starting it."
+    others = running_elsewhere(data_dir)
+    if len(others) == 1:
+        text += (f" An embedded database runs for {others[0]}: to use it, set JOBDECK_DATA_DIR={others[0]} "
+                 "(or data_dir in the config file).")
+    elif others:
+        text += (f" Embedded databases run for {', '.join(map(str, others))}: to use one, set JOBDECK_DATA_DIR "
+                 "(or data_dir in the config file) to its directory.")
+    elif temporary:
+        text += (" To use a running jobdeck, set JOBDECK_DATA_DIR (or data_dir in the config file) to its "
+                 "data directory, or mongo_url to its database.")
+    return text
+
+
 @contextlib.contextmanager
-def shared_server(data_dir: str | os.PathLike[str], *, timeout: float = 30.0,
-                  exclusive: bool = False) -> Iterator[SharedServer]:
+def shared_server(data_dir: str | os.PathLike[str], *, timeout: float = 30.0, exclusive: bool = False,
+                  announce: Callable[[Path], None] | None = None) -> Iterator[SharedServer]:
     """Use the running server of ``data_dir``, or start one, as one of its users.
 
     On leaving, the server is stopped if no other live user remains, and left
     running for them otherwise (``left_running_for`` says for whom). With
     ``exclusive``, raises ``ConfigError`` if a server already runs. Raises
-    ``DatabaseUnavailable`` if it cannot start.
+    ``DatabaseUnavailable`` if it cannot start. ``announce(data_dir)`` is
+    called just before a server is started (none ran).
     """
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -384,6 +423,8 @@ def shared_server(data_dir: str | os.PathLike[str], *, timeout: float = 30.0,
                               f"(pid {running.pid}{', used by ' + users if users else ''})")
         entry = _register(data_dir)
         if running is None:
+            if announce is not None:
+                announce(data_dir)
             try:
                 keeper, running = _start_kept(data_dir, timeout)
             except BaseException:
@@ -509,16 +550,17 @@ def _locked(data_dir: Path, *, wait: bool = True) -> Iterator[bool]:
 
 
 @contextlib.contextmanager
-def database_url(config) -> Iterator[str]:
+def database_url(config, *, announce: Callable[[Path], None] | None = None) -> Iterator[str]:
     """Yield the MongoDB URL for ``config``: ``mongo_url``, else its data_dir's embedded server.
 
     A synchronous context manager, entered before the event loop starts, so
-    that starting the server never blocks a running loop.
+    that starting the server never blocks a running loop. ``announce``: see
+    ``shared_server``.
     """
     if config.mongo_url:
         yield config.mongo_url
         return
-    with shared_server(config.data_dir) as shared:
+    with shared_server(config.data_dir, announce=announce) as shared:
         yield shared.url
 
 

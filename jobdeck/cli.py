@@ -13,7 +13,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from core import config as configuration
 from core.config import Config
 from core.db import Database
-from core.embedded import database_url
+from core.embedded import database_url, starting_note
 from core.errors import JobdeckError
 
 __all__ = ["main", "cli", "config_option", "load_config", "run_with_database", "actor", "setup_logging"]
@@ -61,9 +61,12 @@ def run_with_database(config: Config, work: Callable[[Database], Awaitable[T]]) 
 
     Without ``mongo_url`` this uses the data_dir's running embedded server or
     starts one (before the loop starts), which is stopped afterwards unless
-    another jobdeck process uses it meanwhile.
+    another jobdeck process uses it meanwhile. Starting one is said on stderr,
+    with where a running one is: a command pointed at the wrong data_dir
+    would otherwise show an empty database.
     """
-    with database_url(config) as url:
+    with database_url(config, announce=lambda data_dir: click.echo(
+            "jobdeck: " + starting_note(data_dir, temporary=True), err=True)) as url:
         async def main() -> T:
             db = Database.connect(url, config.database)
             try:

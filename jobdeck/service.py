@@ -11,7 +11,7 @@ import click
 from core import registry, users
 from core.config import Config
 from core.db import Database
-from core.embedded import database_url, shared_server
+from core.embedded import database_url, shared_server, starting_note
 from core.errors import DatabaseUnavailable
 from core.worker import Worker
 from handlers.app import Server
@@ -80,7 +80,8 @@ async def _run(config: Config, url: str, *, http: bool, slots: int | None) -> No
 def _main(http: bool, slots: Callable[[Config], int | None]) -> None:
     config = load_config()
     setup_logging(config)
-    with database_url(config) as url:
+    with database_url(config, announce=lambda data_dir: click.echo(
+            starting_note(data_dir, temporary=False), err=True)) as url:
         asyncio.run(_run(config, url, http=http, slots=slots(config)))
 
 

@@ -157,6 +157,7 @@ def test_db_runs_alone_and_other_commands_use_it(tmp_path):
                            capture_output=True, text=True, timeout=60)
     assert added.returncode == 0, added.stderr
     assert find_running(tmp_path).pid == server_pid  # no second server was started
+    assert "no embedded database runs" not in added.stderr
     assert count_documents(url, "jobdeck", "user", {"name": "alice"}) == 1
     second = subprocess.run(JOBDECK + ["db"], env=env, capture_output=True, text=True, timeout=60)
     assert second.returncode != 0 and "already runs" in second.stderr
@@ -170,10 +171,29 @@ def test_user_add_before_first_start_runs_its_own_server_and_stops_it(tmp_path):
     added = subprocess.run(JOBDECK + ["user", "add", "early", "--password", "pw"], env=env,
                            capture_output=True, text=True, timeout=60)
     assert added.returncode == 0, added.stderr
+    assert f"no embedded database runs for data_dir {tmp_path}; starting one for this command only" in added.stderr
     assert not processes_using(tmp_path)
     listed = subprocess.run(JOBDECK + ["user", "list", "--json"], env=env, capture_output=True,
                             text=True, timeout=60)
     assert [u["name"] for u in json.loads(listed.stdout)] == ["early"]
+
+
+def test_command_on_another_data_dir_says_where_the_running_database_is(tmp_path):
+    running, wrong = tmp_path / "running", tmp_path / "wrong"
+    db = subprocess.Popen(JOBDECK + ["db"], env=clean_env(JOBDECK_DATA_DIR=str(running)),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert db.stdout.readline().startswith("mongodb://")
+        listed = subprocess.run(JOBDECK + ["user", "list"], env=clean_env(JOBDECK_DATA_DIR=str(wrong)),
+                                capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        assert f"no embedded database runs for data_dir {wrong}" in listed.stderr
+        # (another test run's database may be listed too)
+        assert str(running) in listed.stderr and "set JOBDECK_DATA_DIR" in listed.stderr
+        assert not processes_using(wrong)  # the throwaway server stopped with the command
+    finally:
+        db.send_signal(signal.SIGTERM)
+        assert db.wait(30) == 0
 
 
 # -- a stable port, and the users of a server ---------------------------------
