@@ -23,7 +23,8 @@ __all__ = ["up", "serve", "worker", "db"]
 class _Signals:
     """SIGINT/SIGTERM on the running loop: the first asks to stop, the second to hurry."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, runs_jobs: bool) -> None:
+        self.runs_jobs = runs_jobs
         self.stop = asyncio.Event()
         self.hurry = asyncio.Event()
         self.loop = asyncio.get_running_loop()
@@ -35,13 +36,14 @@ class _Signals:
             click.echo(f"received {sig.name} again: stopping running jobs now", err=True)
             self.hurry.set()
         else:
-            click.echo(f"received {sig.name}: stopping (again to stop running jobs now)", err=True)
+            hint = " (again to stop running jobs now)" if self.runs_jobs else ""
+            click.echo(f"received {sig.name}: stopping{hint}", err=True)
             self.stop.set()
 
 
 async def _run(config: Config, url: str, *, http: bool, slots: int | None) -> None:
     """Serve HTTP and/or run a worker until a signal; then stop in order."""
-    signals = _Signals()
+    signals = _Signals(runs_jobs=bool(slots))
     db = Database.connect(url, config.database)
     try:
         await db.setup(log_retention_days=config.log_retention_days)

@@ -144,7 +144,20 @@ def test_up_serves_stops_on_sigint_without_leftovers_and_keeps_users(tmp_path):
             env["JOBDECK_ADMIN_PASSWORD"] = "changed-but-ignored"  # only the first start creates admin
         up.send_signal(signal.SIGINT)
         assert up.wait(30) == 0, up.stderr.read()
+        assert "received SIGINT: stopping (again to stop running jobs now)" in up.stderr.read()
         assert not processes_using(tmp_path), "a jobdeck or secantusd-py process was left behind"
+
+
+def test_serve_runs_no_jobs_and_does_not_offer_to_stop_them(tmp_path):
+    port = free_port()
+    env = clean_env(JOBDECK_DATA_DIR=str(tmp_path), JOBDECK_PORT=str(port), JOBDECK_ADMIN_PASSWORD="hans")
+    serve = subprocess.Popen(JOBDECK + ["serve"], env=env, stderr=subprocess.PIPE, text=True)
+    wait_healthy(f"http://127.0.0.1:{port}/api/v1", serve)
+    serve.send_signal(signal.SIGINT)
+    assert serve.wait(30) == 0
+    said = serve.stderr.read()
+    assert f"no embedded database runs for data_dir {tmp_path}; starting it." in said
+    assert "received SIGINT: stopping\n" in said and "running jobs" not in said
 
 
 def test_db_runs_alone_and_other_commands_use_it(tmp_path):
