@@ -65,12 +65,16 @@ def make_app(services: Services, routes: list[tuple[str, type]] = ROUTES, **sett
 
 
 def _log_request(handler: RequestHandler) -> None:
-    """Tornado's access log line, made only when its level is logged (Tornado formats it first)."""
+    """One access log line per request, with the error's message if it failed.
+
+    Made only when its level is logged (Tornado's own formats it first).
+    """
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     if access_log.isEnabledFor(level):
-        access_log.log(level, "%d %s %.2fms", status, handler._request_summary(),
-                       1000.0 * handler.request.request_time())
+        error = getattr(handler, "error_message", None)
+        access_log.log(level, "%d %s %.2fms%s", status, handler._request_summary(),
+                       1000.0 * handler.request.request_time(), f": {error}" if error else "")
 
 
 class Server:

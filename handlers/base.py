@@ -69,6 +69,8 @@ class BaseHandler(RequestHandler):
     accepts_form = False
 
     def initialize(self) -> None:
+        #: The ``error`` of the reply, if it is an error: the access log shows it.
+        self.error_message: str | None = None
         self._chunks: list[bytes] = []
         self._body_size = 0
         self._args: dict[str, Any] | None = None
@@ -294,7 +296,8 @@ class BaseHandler(RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = httputil.responses.get(status_code, "Unknown")
         if isinstance(exc, ConnectionFailure):
-            exc = DatabaseUnavailable(f"the database is unavailable: {exc}")
+            # PyMongo's message describes the whole topology: for the log, not for clients.
+            exc = DatabaseUnavailable("the database is unavailable; try again shortly")
         if isinstance(exc, JobdeckError):
             status_code, message = exc.status, str(exc)
         elif isinstance(exc, HTTPError) and exc.log_message:
@@ -311,16 +314,20 @@ class BaseHandler(RequestHandler):
         details = {k: v for k, v in getattr(exc, "details", {}).items() if k != "retry_after"}
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         extra = {"details": details} if isinstance(exc, JobdeckError) and details else {}
+        self.error_message = message
         self.finish(dumps(self.envelope(status_code, error=message, **extra)))
 
     def on_finish(self) -> None:
         self.services.metrics.observe_request(self.request.method or "?", self.get_status())
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        # Errors raised on purpose are answers, not incidents: one line, no traceback.
-        if isinstance(value, (JobdeckError, ConnectionFailure)):
-            log.info("%s %s -> %s (request %s)", self.request.method, self.request.uri, value, self.request_id)
-        else:
+        # Errors raised on purpose are answers, not incidents: the access log's
+        # line has their message (``error_message``). The database's own
+        # message is logged here, since the client is not given it.
+        if isinstance(value, ConnectionFailure):
+            log.warning("%s %s: database unavailable (request %s): %s", self.request.method, self.request.uri,
+                        self.request_id, value)
+        elif not isinstance(value, (JobdeckError, HTTPError)):
             super().log_exception(typ, value, tb)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import httpx
@@ -181,14 +182,29 @@ async def test_unknown_method_is_405_envelope(client, admin):
     assert "DELETE" in assert_envelope(reply, 405)["error"]
 
 
-async def test_database_down_makes_health_503():
+async def test_database_down_makes_health_503_and_keeps_the_driver_s_details_in_the_log(caplog):
     dead = Database.connect("mongodb://127.0.0.1:9/?directConnection=true", "x", timeout=0.5)
     server = Server(Config(port=0), dead, auth=Authenticator(dead, b"k" * 32))
     await server.start()
     try:
         async with httpx.AsyncClient() as http:
             reply = await http.get(server.url + "/health")
-        assert "MongoDB" in assert_envelope(reply, 503)["error"]
+            assert assert_envelope(reply, 503)["error"] == "MongoDB did not answer ping within 2 s"
+            reply = await http.get(server.url + "/whoami", auth=("admin", "hans"))
+            assert assert_envelope(reply, 503)["error"] == "the database is unavailable; try again shortly"
+        # The topology description (hosts, ports, the driver's errors) is in the log, not in replies.
+        logged = "\n".join(record.getMessage() for record in caplog.records)
+        assert "127.0.0.1:9" in logged and "Topology" in logged
     finally:
         await server.stop()
         await dead.close()
+
+
+async def test_an_unknown_path_is_logged_once_with_its_reason(client, caplog):
+    caplog.set_level(logging.INFO)
+    reply = await client.get("/no/such/route-4711")
+    assert_envelope(reply, 404)
+    lines = [record.getMessage() for record in caplog.records
+             if "route-4711" in record.getMessage() and not record.name.startswith("httpx")]
+    assert len(lines) == 1 and lines[0].startswith("404 GET /api/v1/no/such/route-4711") \
+        and lines[0].endswith(": no such endpoint: /api/v1/no/such/route-4711"), lines
