@@ -6,11 +6,13 @@ Each event is written as::
     event: state|log|close
     data: <one line of JSON>
 
-with ``retry: 2000`` first and a ``: keepalive`` comment after
-``keepalive`` seconds of silence. ``await self.flush()`` after every event
-makes a slow client slow down its own follower (which then catches up from the
-database) instead of growing a buffer. When the client goes away, the stream
-is cancelled at once and its hub subscription closed.
+and a ``: keepalive`` comment after ``keepalive`` seconds of silence. The
+first event's block also carries ``retry: 2000`` (as a block of its own,
+clients such as httpx-sse would report it as a message without data).
+``await self.flush()`` after every event makes a slow client slow down its own
+follower (which then catches up from the database) instead of growing a
+buffer. When the client goes away, the stream is cancelled at once and its
+hub subscription closed.
 
 Nothing is cached here: an event's JSON is the hub's, made once for every
 follower of a change (``Event.json``), or made for this follower alone and
@@ -27,16 +29,21 @@ from tornado.iostream import StreamClosedError
 from core.follow import Event, parse_event_id
 from handlers.base import BaseHandler
 
-__all__ = ["SSEHandler", "format_event"]
+__all__ = ["SSEHandler", "format_event", "RETRY_MS"]
 
 T = TypeVar("T")
 
 
-def format_event(event: Event | None) -> str:
-    """The wire form of one event (``None``: a keepalive comment)."""
+#: How long a client waits before it reconnects, in milliseconds.
+RETRY_MS = 2000
+
+
+def format_event(event: Event | None, *, retry: int | None = None) -> str:
+    """The wire form of one event (``None``: a keepalive comment); ``retry``: a ``retry:`` line in its block."""
     if event is None:
         return ": keepalive\n\n"
-    return f"id: {event.id}\nevent: {event.kind}\ndata: {event.json()}\n\n"
+    head = "" if retry is None else f"retry: {retry}\n"
+    return f"{head}id: {event.id}\nevent: {event.kind}\ndata: {event.json()}\n\n"
 
 
 class SSEHandler(BaseHandler):
@@ -87,14 +94,18 @@ class SSEHandler(BaseHandler):
             self.set_header("Content-Type", "text/event-stream; charset=UTF-8")
             self.set_header("Cache-Control", "no-cache")
             self.set_header("X-Accel-Buffering", "no")
-            self.write("retry: 2000\n\n")
+            retry: int | None = RETRY_MS  # told with the first event, not a keepalive: see the module docstring
             with self._cancelled_on_close():
                 try:
-                    self.write(format_event(first))
+                    self.write(format_event(first, retry=retry))
+                    if first is not None:
+                        retry = None
                     first = None  # held by nothing while the stream lasts: it may be a large document
                     await self.flush()
                     async for event in events:
-                        self.write(format_event(event))
+                        self.write(format_event(event, retry=retry))
+                        if event is not None:
+                            retry = None
                         event = None  # nor while the next one is awaited
                         await self.flush()
                 except StreamClosedError:

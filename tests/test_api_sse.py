@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import time
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -15,7 +16,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 from bson import ObjectId
-from httpx_sse import EventSource, ServerSentEvent, aconnect_sse
+from httpx_sse import EventSource, ServerSentEvent, aconnect_sse, connect_sse
 
 from core.config import Config
 from core.db import Database
@@ -45,10 +46,9 @@ async def enqueue(api: httpx.AsyncClient, qual_name: str = DUMMY, **args: Any) -
 
 
 async def sse(source: EventSource) -> AsyncIterator[ServerSentEvent]:
-    """The stream's events, without the ``retry: 2000`` block (httpx_sse reports it as an empty message)."""
+    """The stream's events, each of which must carry data (a block without any is a bug of the server)."""
     async for event in source.aiter_sse():
-        if event.event == "message" and not event.data and event.retry == 2000:
-            continue
+        assert event.data, event
         yield event
 
 
@@ -104,8 +104,7 @@ async def test_follow_sends_event_stream_headers_and_retry_first(api: httpx.Asyn
                 if line.startswith("data: "):
                     break
 
-    assert lines[0] == "retry: 2000"
-    assert lines[1:] == ["", "id: 1.0", "event: state", lines[-1]]
+    assert lines == ["retry: 2000", "id: 1.0", "event: state", lines[-1]]  # retry in the first event's block
 
 
 async def test_follow_sends_state_first_then_numbered_logs_then_close_with_counts(
@@ -340,10 +339,50 @@ async def test_a_stream_with_nothing_to_send_yet_opens_at_once(api: httpx.AsyncC
     async with api.stream("GET", f"/job/log/{job_id}", params={"follow": "true"},
                           timeout=httpx.Timeout(30, read=5)) as response:
         opened = time.monotonic() - started
-        lines = [line async for line in _first_lines(response, 3)]
+        lines = [line async for line in _first_lines(response, 2)]
 
     assert response.status_code == 200 and opened < 2  # not after the 15 s keepalive
-    assert lines == ["retry: 2000", "", ": keepalive"]
+    assert lines == [": keepalive", ""]
+
+
+async def test_retry_comes_with_the_first_event_when_a_keepalive_came_first(api: httpx.AsyncClient) -> None:
+    job_id = await enqueue(api)  # pending: the log stream starts with a keepalive
+
+    lines: list[str] = []
+    async with asyncio.timeout(10), api.stream("GET", f"/job/log/{job_id}", params={"follow": "true"}) as response:
+        async for line in response.aiter_lines():
+            lines.append(line)
+            if line == ": keepalive":
+                assert (await api.put(f"/job/kill/{job_id}")).status_code == 200
+            if line.startswith("data: "):
+                break
+
+    assert lines[:2] == [": keepalive", ""]
+    assert lines[2] == "retry: 2000" and lines[3].startswith("id: ") and lines[4] == "event: close"
+    assert lines.count("retry: 2000") == 1
+
+
+def follow_as_the_readme_shows(url: str, job_id: str) -> list[tuple[ServerSentEvent, Any]]:
+    """The README's httpx-sse example (a blocking client): every event with its data parsed as JSON."""
+    events = []
+    with httpx.Client(auth=AUTH, timeout=30) as client:
+        with connect_sse(client, "GET", f"{url}/job/follow/{job_id}") as source:
+            for event in source.iter_sse():
+                events.append((event, json.loads(event.data)))
+    return events
+
+
+async def test_httpx_sse_reads_every_event_of_a_follow_stream_as_json(
+        server: Server, api: httpx.AsyncClient, worker: Worker) -> None:
+    job_id = await enqueue(api, sleep=0.3, loop_time=0.1)
+
+    # In a thread: the blocking client must not stall the loop the server runs on.
+    events = await asyncio.wait_for(asyncio.to_thread(follow_as_the_readme_shows, server.url, job_id), 30)
+
+    assert [event.retry for event, _ in events] == [2000] + [None] * (len(events) - 1)
+    assert events[0][0].event == "state" and events[0][1]["_id"] == job_id
+    assert {event.event for event, _ in events} == {"state", "log", "close"}
+    assert events[-1][0].event == "close" and events[-1][1]["state"] == "complete"
 
 
 async def _first_lines(response: httpx.Response, count: int) -> AsyncIterator[str]:
