@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from core.errors import ConfigError
+from core.proxies import parse_network
 
 __all__ = ["Config", "load", "SEARCH_PATH", "ENV_PREFIX"]
 
@@ -47,6 +48,7 @@ class Config:
     tls_cert: str | None = None
     tls_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)
+    trusted_proxies: list[str] = field(default_factory=list)
     admin_password: str | None = None
     max_body_size: int = 1024 * 1024
     token_hours: float = 12.0
@@ -167,6 +169,8 @@ def _check(key: str, value: Any, base: Path, where: str) -> Any:
     if kind == "list":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        if key == "trusted_proxies":
+            _check_networks(value, where)
         return list(value)
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
@@ -207,6 +211,14 @@ def _check_range(key: str, value: Any, where: str) -> None:
         raise ConfigError(f"{where}: a database name cannot contain / \\ . space \" or $, got {value!r}")
     if key == "mongo_url" and value and not value.startswith(("mongodb://", "mongodb+srv://")):
         raise ConfigError(f"{where}: expected a mongodb:// or mongodb+srv:// URL, got {value!r}")
+
+
+def _check_networks(entries: list[str], where: str) -> None:
+    for entry in entries:
+        try:
+            parse_network(entry)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
 
 def _check_combinations(config: Config) -> None:

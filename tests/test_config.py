@@ -288,6 +288,37 @@ def test_mongo_url_not_starting_with_mongodb_scheme_is_rejected(url: str) -> Non
     assert "mongodb://" in message and repr(url) in message
 
 
+def test_trusted_proxies_default_to_none() -> None:
+    assert load(env={}).trusted_proxies == []
+
+
+def test_trusted_proxies_are_addresses_and_networks_from_the_file_or_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path / "jobdeck.toml", 'trusted_proxies = ["127.0.0.1", "::1", "10.0.0.0/8"]\n')
+    assert load(path, env={}).trusted_proxies == ["127.0.0.1", "::1", "10.0.0.0/8"]
+    config = load(path, env={"JOBDECK_TRUSTED_PROXIES": "192.168.1.10, fd00::/8"})
+    assert config.trusted_proxies == ["192.168.1.10", "fd00::/8"]
+    assert load(path, env={"JOBDECK_TRUSTED_PROXIES": ""}).trusted_proxies == []
+
+
+@pytest.mark.parametrize(("entry", "expected"), [
+    ("proxy.example", "is not an IP address or CIDR network"),
+    ("1.2.3.4/33", "is not an IP address or CIDR network"),
+    ("::1/129", "is not an IP address or CIDR network"),
+    ("10.0.0.1/8", "has host bits set: write 10.0.0.0/8 for the network, or 10.0.0.1 for the one address"),
+])
+def test_a_bad_trusted_proxy_names_the_key_and_the_entry(tmp_path: Path, entry: str, expected: str) -> None:
+    path = write(tmp_path / "jobdeck.toml", f'trusted_proxies = ["127.0.0.1", "{entry}"]\n')
+    with pytest.raises(ConfigError) as info:
+        load(path, env={})
+    message = str(info.value)
+    assert "'trusted_proxies'" in message and str(path.resolve()) in message
+    assert repr(entry) in message and expected in message
+    with pytest.raises(ConfigError) as info:
+        load(env={"JOBDECK_TRUSTED_PROXIES": f"::1,{entry}"})
+    message = str(info.value)
+    assert "JOBDECK_TRUSTED_PROXIES" in message and repr(entry) in message and expected in message
+
+
 def test_tls_cert_without_tls_key_is_rejected() -> None:
     with pytest.raises(ConfigError, match="tls_cert and tls_key must be set together"):
         load(env={"JOBDECK_TLS_CERT": "/etc/ssl/cert.pem"})
