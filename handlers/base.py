@@ -21,6 +21,11 @@ fetch from a foreign page cannot reach a handler. Such a request whose
 ``Origin`` is neither the service's own nor one of ``cors_origins`` is 403;
 and when the login cookie authenticated it, it must prove where it came from
 (a matching ``Origin`` or ``Sec-Fetch-Site: same-origin``).
+
+The client's address and protocol (``client_ip``, ``client_protocol``: for
+the login throttle, the audit trail, ``enqueued.hostname``, the own origin
+and the cookie's ``Secure`` flag) are the connection's, or what a peer in
+``trusted_proxies`` forwarded (see ``core.proxies``).
 """
 from __future__ import annotations
 
@@ -87,6 +92,20 @@ class BaseHandler(RequestHandler):
         """This request's id: the ``_id`` of its reply and the ``X-Request-Id`` header."""
         return ObjectId()
 
+    @functools.cached_property
+    def client_ip(self) -> str:
+        """The client's address: the peer's, or the one a peer in ``trusted_proxies`` forwarded."""
+        headers = self.request.headers
+        return self.services.proxies.client(self.request.remote_ip or "", headers.get("X-Forwarded-For"),
+                                            headers.get("X-Real-IP"))
+
+    @functools.cached_property
+    def client_protocol(self) -> str:
+        """``http`` or ``https`` as the client used it: the connection's, or what a trusted proxy forwarded."""
+        request = self.request
+        return self.services.proxies.protocol(request.remote_ip or "", request.headers.get("X-Forwarded-Proto"),
+                                              request.protocol)
+
     # -- request life cycle ----------------------------------------------
 
     def set_default_headers(self) -> None:
@@ -136,7 +155,7 @@ class BaseHandler(RequestHandler):
 
     def own_origin(self) -> str:
         """This service's origin as the client addressed it: ``http://host:port``."""
-        return f"{self.request.protocol}://{self.request.host}"
+        return f"{self.client_protocol}://{self.request.host}"
 
     def _check_origin(self, *, strict: bool) -> None:
         """Refuse a request from a foreign page: 403.
@@ -209,7 +228,7 @@ class BaseHandler(RequestHandler):
         kind, *values = self.credentials
         if kind == "basic":
             name, password = values
-            return await auth.password(name, password, address=self.request.remote_ip, recheck=recheck)
+            return await auth.password(name, password, address=self.client_ip, recheck=recheck)
         return await auth.token(values[0])
 
     @staticmethod

@@ -173,7 +173,7 @@ class JobHandler(QueueHandler):
         # The stream slot is taken first: a refused stream enqueues nothing.
         with self.slot() if following else contextlib.nullcontext():
             job = await queue.enqueue(self.services.db, self.arg("qual_name"), self.arg("args", dict, {}),
-                                      user=self.current_user, hostname=self.request.remote_ip,
+                                      user=self.current_user, hostname=self.client_ip,
                                       registry_cache=self.services.registry_cache,
                                       inserts=self.services.job_inserts,
                                       **options)

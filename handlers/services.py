@@ -11,6 +11,7 @@ from core.config import Config
 from core.db import Database
 from core.hub import Hub
 from core.metrics import Metrics
+from core.proxies import TrustedProxies
 from core.streams import StreamLimit
 
 __all__ = ["Services"]
@@ -23,7 +24,8 @@ class Services:
     ``routes`` is the route table the application was built from (the OpenAPI
     document describes it). ``registry_cache`` holds the registry entries
     enqueue reads (``core.cache``), and ``job_inserts`` writes the jobs of
-    concurrent enqueues together (``core.audit``), if any.
+    concurrent enqueues together (``core.audit``), if any. ``proxies`` holds
+    ``trusted_proxies`` parsed (``core.proxies``).
     """
 
     config: Config
@@ -37,8 +39,11 @@ class Services:
     streams: StreamLimit | None = None
     registry_cache: Cache | None = None
     job_inserts: RecordedInserts | None = None
+    proxies: TrustedProxies | None = None
 
     def __post_init__(self) -> None:
         if self.streams is None:
             self.streams = StreamLimit(per_user=self.config.max_streams_per_user,
                                        total=self.config.max_streams)
+        if self.proxies is None:
+            self.proxies = TrustedProxies(self.config.trusted_proxies)

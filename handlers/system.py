@@ -68,10 +68,10 @@ class LoginHandler(BaseHandler):
             password = self.arg("password", default=None)
             if not name or password is None:
                 raise BadArgument("send Basic credentials, or 'username' and 'password'")
-        user = await auth.password(name, password, address=self.request.remote_ip)
+        user = await auth.password(name, password, address=self.client_ip)
         token, expires = auth.issue_token(user)
         self.set_cookie(COOKIE, token, path="/", httponly=True, samesite="Lax",
-                        secure=self.request.protocol == "https",
+                        secure=self.client_protocol == "https",
                         expires=datetime.fromtimestamp(expires, timezone.utc))
         reply = {"name": user["name"], "expires": datetime.fromtimestamp(expires, timezone.utc)}
         self.reply(reply if cookie_only else {**reply, "token": token})
