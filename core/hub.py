@@ -38,7 +38,7 @@ import contextlib
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from pymongo.errors import OperationFailure, PyMongoError
 
@@ -194,6 +194,8 @@ class Hub:
         self.streams_opened = 0     # change streams opened so far (1 unless errors)
         self.failures = 0           # errors opening or reading the stream so far
         self.events = 0             # change events received
+        #: Called with the journal document of every job that reaches a final state.
+        self.on_final: list[Callable[[dict[str, Any]], None]] = []
         #: ``time.monotonic()`` when the stream was last asked for news and
         #: answered none: every change made before is known. None until then.
         self.heard_at: float | None = None
@@ -353,6 +355,9 @@ class Hub:
         else:
             document.pop("unique_key", None)
             document["journal"] = change["ns"]["coll"] == "journal"
+            if document["journal"] and change["operationType"] != "update":  # a job's final move
+                for observer in self.on_final:
+                    observer(document)
             self._deliver(document["_id"], "state", document)
 
 

@@ -25,7 +25,8 @@ class Services:
     document describes it). ``registry_cache`` holds the registry entries
     enqueue reads (``core.cache``), and ``job_inserts`` writes the jobs of
     concurrent enqueues together (``core.audit``), if any. ``proxies`` holds
-    ``trusted_proxies`` parsed (``core.proxies``).
+    ``trusted_proxies`` parsed (``core.proxies``). ``job_import_errors`` are
+    the job modules this process could not import (``registry.discover``).
     """
 
     config: Config
@@ -40,10 +41,12 @@ class Services:
     registry_cache: Cache | None = None
     job_inserts: RecordedInserts | None = None
     proxies: TrustedProxies | None = None
+    job_import_errors: list[dict[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.streams is None:
             self.streams = StreamLimit(per_user=self.config.max_streams_per_user,
                                        total=self.config.max_streams)
+        self.metrics.watch(self.hub)
         if self.proxies is None:
             self.proxies = TrustedProxies(self.config.trusted_proxies)

@@ -97,7 +97,7 @@ class MetricsHandler(BaseHandler):
 
     async def get(self) -> None:
         services = self.services
-        text = await services.metrics.render(services.db, user=self.current_user, hub=services.hub,
+        text = await services.metrics.render(services.db, user=self.current_user,
                                              lease_seconds=services.config.lease_seconds)
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         self.finish(text)
