@@ -353,15 +353,20 @@ def remove(job_ids: tuple[str, ...], no_wait: bool) -> None:
 
 @cli.command()
 @click.argument("job_ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True,
+              help='Print one JSON object per job: {"restarted": OLD_ID, "_id": ID_THAT_WILL_RUN, "state": ...}.')
 @config_option
-def restart(job_ids: tuple[str, ...]) -> None:
+def restart(job_ids: tuple[str, ...], as_json: bool) -> None:
     """Restart jobs: failed/deferred ones now (same id); killed/error/inactive ones as a new job.
 
-    Prints OLD_ID -> ID_THAT_WILL_RUN for each.
+    Prints OLD_ID -> ID_THAT_WILL_RUN for each; exit code 1 if one could not be restarted.
     """
     async def action(db: Database, job_id: str) -> str:
         job = await queue.restart(db, job_id, user=_user())
+        if as_json:
+            return dumps({"restarted": job_id, "_id": job["_id"], "state": job["state"]})
         return f"{job_id} -> {job['_id']}"
+
 
     _each(job_ids, action)
 

@@ -307,6 +307,17 @@ def test_restart_of_killed_job_enqueues_a_child_linked_by_parent_id(run: Callabl
     fails(run("restart", old), f"already restarted as {new}", code=1)
 
 
+def test_restart_json_maps_each_old_id_to_the_job_that_will_run(run: Callable[..., Result]) -> None:
+    killed, pending = enqueued(run, DUMMY, "sleep=2"), enqueued(run, DUMMY)
+    ok(run("kill", killed))
+    result = run("restart", killed, pending, "--json")
+    assert result.exit_code == 1 and f"{pending}: cannot restart" in result.stderr
+    [line] = result.stdout.splitlines()
+    restarted = json.loads(line)
+    assert restarted["restarted"] == killed and restarted["state"] == "pending"
+    assert shown(run, restarted["_id"])["enqueued"]["parent_id"] == killed
+
+
 def test_restart_of_pending_job_is_refused(run: Callable[..., Result]) -> None:
     job_id = enqueued(run, DUMMY)
     fails(run("restart", job_id), "cannot restart", "it is pending", code=1)
