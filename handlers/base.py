@@ -336,6 +336,10 @@ class BaseHandler(RequestHandler):
         self.error_message = message
         self.finish(dumps(self.envelope(status_code, error=message, **extra)))
 
+    def _request_summary(self) -> str:
+        # The access log's "GET /path (client)": the client behind a trusted proxy, not the proxy.
+        return f"{self.request.method} {self.request.uri} ({self.client_ip})"
+
     def on_finish(self) -> None:
         self.services.metrics.observe_request(self.request.method or "?", self.get_status())
 

@@ -7,6 +7,7 @@ clock that stands still and a sleep that only records, as in ``test_api_throttle
 from __future__ import annotations
 
 import dataclasses
+import logging
 import socket
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -113,7 +114,8 @@ async def test_forwarded_headers_from_an_untrusted_peer_are_not_the_enqueued_hos
 # --- Through a trusted proxy ------------------------------------------------------
 
 
-async def test_failed_logins_through_the_proxy_throttle_the_forwarded_client_only(start, db, admin):
+async def test_failed_logins_through_the_proxy_throttle_the_forwarded_client_only(start, db, admin, caplog):
+    caplog.set_level(logging.INFO, "tornado.access")
     server = await start(["127.0.0.1/32"])
     free = server.auth.throttle.free_failures
     async with from_address(server, PROXY) as proxy:
@@ -131,6 +133,8 @@ async def test_failed_logins_through_the_proxy_throttle_the_forwarded_client_onl
         assert (await proxy.get("/whoami", auth=("admin", "hans"),
                                 headers={"X-Real-IP": "9.9.9.9"})).status_code == 200
     assert await failed_login_addresses(db) == ["1.2.3.4"] * free
+    access = [record.getMessage() for record in caplog.records if record.name == "tornado.access"]
+    assert "429 GET /api/v1/whoami (1.2.3.4)" in "\n".join(access)  # the client, not the proxy
 
 
 async def test_enqueued_hostname_is_the_client_the_proxy_forwarded(start, db, admin, job_classes):
