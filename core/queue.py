@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from core.cache import Cache
     from core.db import Database
 
-__all__ = ["enqueue", "get", "require_readable", "find", "kill", "remove", "restart", "object_id", "operator", "check_options"]
+__all__ = ["enqueue", "get", "require_readable", "find", "kill", "remove", "restart", "object_id", "operator", "check_options",
+           "OPTION_LIMITS"]
 
 _RETRIES = 20  # compare-and-set attempts before giving up on a busy job
 
@@ -49,8 +50,8 @@ def object_id(value: Any) -> ObjectId:
     return ObjectId(value)
 
 
-_LIMITS: dict[str, tuple[type, float, float, bool]] = {
-    # option: (type, minimum, maximum, may be None)
+#: What each enqueue option may be: (type, minimum, maximum, may be None).
+OPTION_LIMITS: dict[str, tuple[type, float, float, bool]] = {
     "attempts": (int, 1, 1000, False),
     "priority": (int, -1_000_000, 1_000_000, False),
     "error_time": (float, 0, 365 * 86400, False),
@@ -69,7 +70,7 @@ def check_options(defaults: dict[str, Any], options: dict[str, Any]) -> dict[str
     if unknown:
         raise BadArgument(f"unknown enqueue option {unknown[0]!r}; options: {', '.join(OPTIONS)}")
     merged = {**{k: defaults.get(k) for k in OPTIONS}, **options}
-    for name, (kind, low, high, nullable) in _LIMITS.items():
+    for name, (kind, low, high, nullable) in OPTION_LIMITS.items():
         value = merged[name]
         if value is None and nullable:
             continue

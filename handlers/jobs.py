@@ -24,9 +24,20 @@ __all__ = ["RegistryHandler", "JobHandler", "EnqueueHandler", "QueueHandler", "J
 
 _FOLLOW = Param("follow", "boolean", "stream the job as Server-Sent Events (default true)", default=True)
 _LAST_EVENT = Param("last_event_id", "string", "resume after this event id (or the Last-Event-ID header)")
-_OPTIONS = tuple(Param(name, "integer" if name in ("attempts", "priority") else "number",
-                       f"enqueue option {name} (default: the job class's)") for name in OPTIONS)
-_STATE = Param("state", "string", "only these states, comma-separated")
+_OPTIONS = tuple(Param(name, "integer" if kind is int else "number", f"enqueue option {name} (default: the job "
+                       f"class's), {low:g} to {high:g}", minimum=low, maximum=high)
+                 for name, (kind, low, high, _) in queue.OPTION_LIMITS.items())
+
+
+def _states(*names: str) -> Param:
+    """The ``state`` filter of a listing that holds jobs in ``names``."""
+    one = f"({'|'.join(names)})"
+    return Param("state", "string", f"only these states, comma-separated: {', '.join(names)}",
+                 pattern=f"^({one}(,{one})*)?$")
+
+
+_LIVE_STATES = _states("pending", "running", "deferred", "failed")
+_FINAL_STATES = _states("complete", "error", "inactive", "killed")
 _WAIT = Param("wait", "boolean", "reply once a running job has been stopped (default true), "
               "at most the kill grace plus a lease later", default=True)
 _ACTIONS = ("detail", "follow", "log", "poll", "kill", "remove", "restart")
@@ -146,7 +157,7 @@ class QueueHandler(_JobBase):
     """``GET|POST /job/queue`` (and ``GET /job``): the live queue, paginated."""
 
     _op = Op("List live jobs (pending, running, deferred, failed), next to run first",
-             LIST_PARAMS + (_STATE,), reply="Job", paginated=True, errors=(400, 401))
+             LIST_PARAMS + (_LIVE_STATES,), reply="Job", paginated=True, errors=(400, 401))
     api = {"get": _op, "post": _op}
 
     async def get(self) -> None:
@@ -194,7 +205,7 @@ class JournalHandler(_JobBase):
     """``GET|POST /job/journal``: finished jobs, newest first."""
 
     _op = Op("List finished jobs, newest first", LIST_PARAMS + (
-        _STATE, Param("qual_name", "string", "only this job class"),
+        _FINAL_STATES, Param("qual_name", "string", "only this job class"),
         Param("since", "date-time", "finished at or after"), Param("until", "date-time", "finished before")),
         reply="Job", paginated=True, errors=(400, 401))
     api = {"get": _op, "post": _op}
@@ -248,7 +259,7 @@ class LogHandler(_JobBase):
     api = {"get": Op("A job's log records in seq order, paginated; follow=true streams them",
                      PAGE_PARAMS + (Param("follow", "boolean", "stream log events (default false)", default=False),
                                     _LAST_EVENT),
-                     reply="LogRecord", paginated=True, sse=True, sse_optional=True)}
+                     reply="LogRecord", paginated=True, sse=True, sse_optional=True, events=("log", "close"))}
 
     async def get(self, job_id: str) -> None:
         if self.arg("follow", bool, False):
@@ -266,7 +277,8 @@ class PollHandler(_JobBase):
                      "`state`), or after `timeout` seconds",
                      (Param("version", "integer", "reply when the job's version is above this"),
                       Param("state", "string", "reply when the job's state differs from this"),
-                      Param("timeout", "number", "seconds to wait, 1-300", default=30)), reply="Job", long=True)}
+                      Param("timeout", "number", "seconds to wait, 1-300", default=30, minimum=1, maximum=300)),
+                     reply="Job", long=True)}
 
     async def get(self, job_id: str) -> None:
         version = self.arg("version", int, None)
@@ -341,7 +353,7 @@ class StatsHandler(_JobBase):
 class WorkerHandler(BaseHandler):
     """``GET /worker``: workers, with the running jobs the caller may read."""
 
-    api = {"get": Op("Workers with their heartbeat and running jobs", reply="Worker", errors=(401,),
+    api = {"get": Op("Workers with their heartbeat and running jobs", reply="Worker", array=True, errors=(401,),
                      tags=("workers",))}
 
     async def get(self) -> None:

@@ -2,7 +2,24 @@
 
 Every handler lists its operations as ``api = {"get": Op(...), ...}``; the
 document is generated from ``handlers.app.ROUTES``, so a route cannot exist
-without a description (a test checks both directions).
+without a description (a test checks both directions). It says what the
+server really sends, and a schema fuzzer holds it to that
+(``tests/test_api_fuzz.py``): every status a route can answer with its
+headers, every content type, the shape of every reply and of every event.
+
+- Statuses: those an ``Op`` lists, and those every request of its kind can
+  meet: 413 (body too large) and 503 (database) everywhere; 401 and 429
+  (Basic credentials are throttled on every route) where it authenticates;
+  403 and 415 (cross-site checks) for POST, PUT and DELETE; 429 for streams
+  and long waits.
+- Event streams: OpenAPI 3.1 cannot describe the events of a
+  ``text/event-stream`` reply, so its ``schema`` describes one event, as
+  OpenAPI 3.2's ``itemSchema`` does (and as schemathesis reads it):
+  ``{event, id, data, retry}``, whose ``data`` is JSON text with a
+  ``contentSchema``: the job, a log record or the closing summary.
+- Links lead from each reply that carries a job's id (enqueue and restart
+  reply a new one, the others the job) to every operation that takes one, so
+  a generated client, or a fuzzer's stateful phase, knows where it goes.
 """
 from __future__ import annotations
 
@@ -10,7 +27,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Op", "Param", "build", "path_template", "PAGE_PARAMS", "LIST_PARAMS"]
+__all__ = ["Op", "Param", "build", "path_template", "operation_id", "PAGE_PARAMS", "LIST_PARAMS"]
 
 
 @dataclass(frozen=True)
@@ -22,29 +39,46 @@ class Param:
     description: str
     required: bool = False
     default: Any = None
+    minimum: float | None = None
+    maximum: float | None = None
+    pattern: str | None = None
 
 
 @dataclass(frozen=True)
 class Op:
-    """One operation of a route."""
+    """One operation of a route.
+
+    ``reply`` names the component schema of the reply envelope's ``data``
+    (a list of them when ``paginated`` or ``array``); without ``envelope``
+    it describes the whole body, sent as ``media``.
+    """
 
     summary: str
     params: tuple[Param, ...] = ()
     reply: str = "Any"
     paginated: bool = False
+    #: ``data`` is a list of ``reply``, all of it (not paginated).
+    array: bool = False
     sse: bool = False
     sse_optional: bool = False
+    #: The kinds of event a stream sends.
+    events: tuple[str, ...] = ("state", "log", "close")
     errors: tuple[int, ...] = (400, 401, 403, 404)
     auth: bool = True
     description: str = ""
     tags: tuple[str, ...] = field(default=("jobs",))
     #: Holds the connection open (a stream, a long poll, a wait): capped per user (429).
     long: bool = False
+    #: The reply's content type, and whether ``reply`` is wrapped in the reply envelope.
+    media: str = "application/json"
+    envelope: bool = True
+    #: A form body is accepted besides JSON (``/login``).
+    form: bool = False
 
 
 PAGE_PARAMS = (
     Param("page", "integer", "0-based page; negative counts from the end (-1 = last)", default=0),
-    Param("per_page", "integer", "items per page, 1-1000", default=10),
+    Param("per_page", "integer", "items per page, 1-1000", default=10, minimum=1, maximum=1000),
 )
 LIST_PARAMS = PAGE_PARAMS + (
     Param("sort", "string", "fields, '-' for descending, e.g. '-priority,_id'"),
@@ -57,76 +91,171 @@ _TYPES = {"integer": {"type": "integer"}, "number": {"type": "number"}, "string"
           "boolean": {"type": "boolean"}, "object": {"type": "object"}, "array": {"type": "array"},
           "date-time": {"type": "string", "format": "date-time"}}
 
+_FINAL = ["complete", "error", "inactive", "killed"]
+_STATES = ["pending", "running", "deferred", "failed", *_FINAL]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+_NULLABLE_ID = {"type": ["string", "null"], "pattern": "^[0-9a-f]{24}$"}
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+_COUNTS = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
+
 _SCHEMAS: dict[str, Any] = {
     "Id": {"type": "string", "pattern": "^[0-9a-f]{24}$", "description": "a job id"},
     "Time": {"type": "string", "format": "date-time", "description": "ISO-8601 UTC, e.g. 2026-11-24T10:00:00.123Z"},
     "Job": {"type": "object", "description": "a job document (SPEC 3.3); `journal` tells where it is",
+            "required": ["_id", "qual_name", "args", "state", "version"],
             "properties": {
-                "_id": {"$ref": "#/components/schemas/Id"}, "qual_name": {"type": "string"},
-                "args": {"type": "object"},
-                "state": {"enum": ["pending", "running", "deferred", "failed", "complete", "error",
-                                  "inactive", "killed"]},
+                "_id": _ref("Id"), "qual_name": {"type": "string"}, "args": {"type": "object"},
+                "state": {"enum": _STATES},
                 "priority": {"type": "integer"}, "attempts": {"type": "integer"},
                 "attempts_left": {"type": "integer"}, "trial": {"type": "integer"},
                 "error_time": {"type": "number"}, "defer_time": {"type": "number"},
                 "defer_max": {"type": "number"}, "wall_time": {"type": ["number", "null"]},
-                "query_at": {"$ref": "#/components/schemas/Time"},
-                "enqueued": {"type": "object"}, "started_at": {"type": ["string", "null"]},
-                "finished_at": {"type": ["string", "null"]}, "runtime": {"type": ["number", "null"]},
-                "prog": {"type": "object", "properties": {"value": {"type": "number"},
+                "query_at": _ref("Time"),
+                "enqueued": {"type": "object", "properties": {
+                    "at": _ref("Time"), "username": {"type": "string"}, "hostname": {"type": ["string", "null"]},
+                    "parent_id": _NULLABLE_ID, "child_id": _NULLABLE_ID}},
+                "started_at": _NULLABLE_TIME, "finished_at": _NULLABLE_TIME,
+                "runtime": {"type": ["number", "null"], "description": "seconds the last run took"},
+                "prog": {"type": "object", "properties": {"value": {"type": "number", "minimum": 0, "maximum": 1},
                                                           "message": {"type": ["string", "null"]}}},
-                "locked": {"type": ["object", "null"]}, "last_error": {"type": ["object", "null"]},
-                "result": {}, "killed_at": {"type": ["string", "null"]},
-                "removed_at": {"type": ["string", "null"]}, "tags": {"type": "array"},
-                "version": {"type": "integer"}, "journal": {"type": "boolean"}}},
-    "LogRecord": {"type": "object", "properties": {
-        "job_id": {"$ref": "#/components/schemas/Id"}, "seq": {"type": "integer"},
-        "created": {"$ref": "#/components/schemas/Time"}, "level": {"type": "string"},
-        "message": {"type": "string"}, "qual_name": {"type": "string"}, "trial": {"type": "integer"},
-        "exception": {"type": "string"}, "stream": {"type": "string"}}},
-    "RegistryEntry": {"type": "object", "properties": {
+                "locked": {"type": ["object", "null"], "description": "the claim of the worker running it",
+                           "properties": {"worker": {"type": "string"}, "host": {"type": "string"},
+                                          "pid": {"type": ["integer", "null"]}, "at": _ref("Time"),
+                                          "heartbeat": _ref("Time"), "token": {"type": "string"}}},
+                "last_error": {"type": ["object", "null"], "properties": {
+                    "exception": {"type": "string"}, "message": {"type": ["string", "null"]},
+                    "traceback": {"type": ["string", "null"]}, "at": _ref("Time")}},
+                "result": {"description": "what execute returned (any JSON)"},
+                "killed_at": _NULLABLE_TIME, "removed_at": _NULLABLE_TIME, "tags": _STRINGS,
+                "version": {"type": "integer", "minimum": 1, "description": "bumped by every change"},
+                "log_seq": {"type": "integer", "description": "seq of its last log record"},
+                "journal": {"type": "boolean", "description": "finished (in the journal) or live (in the queue)"}}},
+    "LogRecord": {"type": "object", "required": ["job_id", "seq", "created", "level", "message"], "properties": {
+        "job_id": _ref("Id"), "seq": {"type": "integer", "minimum": 1}, "created": _ref("Time"),
+        "level": {"type": "string"}, "message": {"type": "string"}, "qual_name": {"type": "string"},
+        "trial": {"type": "integer"}, "exception": {"type": "string", "description": "a traceback"},
+        "stream": {"enum": ["stdout", "stderr", "output"]}}},
+    "Close": {"type": "object", "required": ["state", "events"], "description": (
+        "why the stream ends: the job's final state, `removed`, or `forbidden` (the caller lost the right "
+        "to read it); and how many events of each kind this stream sent"), "properties": {
+            "state": {"enum": [*_FINAL, "removed", "forbidden"]},
+            "events": {"type": "object", "required": ["state", "log"], "properties": {
+                "state": {"type": "integer", "minimum": 0}, "log": {"type": "integer", "minimum": 0}}}}},
+    "EventId": {"type": "string", "pattern": r"^[0-9]+\.[0-9]+$",
+                "description": "<version>.<seq>: send it back as Last-Event-ID to resume after this event"},
+    "RegistryEntry": {"type": "object", "required": ["_id", "qual_name"], "properties": {
         "_id": {"type": "string"}, "qual_name": {"type": "string"}, "doc": {"type": "string"},
-        "author": {"type": ["string", "null"]}, "schema": {"type": "object"}, "tags": {"type": "array"},
-        "schedule": {"type": ["string", "null"]}, "valid": {"type": "boolean"},
-        "defaults": {"type": "object"}, "updated_at": {"$ref": "#/components/schemas/Time"}}},
-    "Stats": {"type": "object"},
-    "Worker": {"type": "object", "properties": {
-        "_id": {"type": "string"}, "host": {"type": "string"}, "pid": {"type": "integer"},
-        "heartbeat": {"$ref": "#/components/schemas/Time"}, "slots": {"type": "integer"},
-        "running": {"type": "array"}, "alive": {"type": "boolean"}}},
-    "User": {"type": "object", "properties": {
-        "name": {"type": "string"}, "roles": {"type": "array"}, "perms": {"type": "array"},
-        "active": {"type": "boolean"}, "admin": {"type": "boolean"}}},
-    "Token": {"type": "object", "properties": {"name": {"type": "string"}, "token": {"type": "string"},
-                                               "expires": {"$ref": "#/components/schemas/Time"}}},
-    "Health": {"type": "object", "properties": {"database": {"type": "string"}, "ping_ms": {"type": "number"},
-                                                "uptime": {"type": "number"}}},
+        "author": {"type": ["string", "null"]},
+        "schema": {"type": "object", "description": "the arguments of execute", "properties": {
+            "params": {"type": "array", "items": {"type": "object", "required": ["name", "type"], "properties": {
+                "name": {"type": "string"},
+                "type": {"enum": ["str", "int", "float", "bool", "list", "dict", "any"]},
+                "nullable": {"type": "boolean"}, "required": {"type": "boolean"}, "default": {}}}},
+            "extra": {"type": "boolean", "description": "execute takes **kwargs"}}},
+        "tags": _STRINGS, "schedule": {"type": ["string", "null"]}, "unique": {"type": "boolean"},
+        "valid": {"type": "boolean", "description": "false: no process offers the class any more"},
+        "workers": {"type": "array", "description": "the live workers offering the class", "items": {
+            "type": "object", "required": ["id"], "properties": {"id": {"type": "string"},
+                                                                 "host": {"type": "string"}}}},
+        "defaults": {"type": "object", "description": "the enqueue options' defaults", "properties": {
+            "attempts": {"type": "integer"}, "priority": {"type": "integer"}, "error_time": {"type": "number"},
+            "defer_time": {"type": "number"}, "defer_max": {"type": "number"},
+            "wall_time": {"type": ["number", "null"]}}},
+        "updated_at": _ref("Time")}},
+    "Stats": {"type": "object", "required": ["queue", "journal", "oldest_pending_seconds", "running_per_worker",
+                                             "workers_alive", "finished_per_minute"], "properties": {
+        "queue": {**_COUNTS, "description": "live jobs per state"},
+        "journal": {**_COUNTS, "description": "finished jobs per state"},
+        "oldest_pending_seconds": {"type": ["number", "null"]},
+        "running_per_worker": {**_COUNTS, "description": "running jobs by worker id"},
+        "workers_alive": {"type": "integer", "minimum": 0},
+        "finished_per_minute": {"type": "object", "properties": {
+            "last_minute": {"type": "integer", "minimum": 0},
+            "last_hour": {"type": "number", "minimum": 0, "description": "average per minute"}}}}},
+    "Worker": {"type": "object", "required": ["_id", "heartbeat", "alive"], "properties": {
+        "_id": {"type": "string"}, "host": {"type": "string", "description": "admins only"},
+        "pid": {"type": "integer", "description": "admins only"}, "started": _ref("Time"),
+        "heartbeat": _ref("Time"), "slots": {"type": "integer"},
+        "running": {"type": "array", "items": _ref("Id"), "description": "the running jobs the caller may read"},
+        "jobs": {**_STRINGS, "description": "the job classes it runs that the caller may read"},
+        "alive": {"type": "boolean", "description": "its heartbeat is within the lease"},
+        "import_errors": {"type": "array", "items": _ref("ImportError"), "description": "admins only"}}},
+    "ImportError": {"type": "object", "required": ["module", "error"], "description": "a job module that "
+                    "could not be imported", "properties": {"module": {"type": "string"}, "error": {"type": "string"}}},
+    "User": {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string"}, "roles": _STRINGS, "perms": _STRINGS,
+        "active": {"type": ["boolean", "null"]}, "created": _NULLABLE_TIME, "updated": _NULLABLE_TIME,
+        "admin": {"type": "boolean"}}},
+    "Token": {"type": "object", "required": ["name", "expires"], "properties": {
+        "name": {"type": "string"}, "expires": _ref("Time"),
+        "token": {"type": "string", "description": "left out with cookie_only"}}},
+    "Health": {"type": "object", "required": ["database"], "properties": {
+        "database": {"type": "string"}, "ping_ms": {"type": "number"}, "uptime": {"type": "number"},
+        "job_import_errors": {"type": "array", "items": _ref("ImportError"),
+                              "description": "the job modules this server could not import"}}},
+    "Metrics": {"type": "string", "description": "Prometheus text exposition format 0.0.4"},
+    "OpenAPI": {"type": "object", "required": ["openapi", "info", "paths"], "description": "this document",
+                "properties": {"openapi": {"type": "string", "pattern": r"^3\.1\.[0-9]+$"},
+                               "info": {"type": "object", "required": ["title", "version"]},
+                               "servers": {"type": "array"}, "security": {"type": "array"},
+                               "components": {"type": "object"}, "paths": {"type": "object"}}},
+    "Nothing": {"type": "null"},
     "Any": {},
     "Reply": {"type": "object", "required": ["_id", "code", "message", "timestamp", "data"], "properties": {
         "_id": {"type": "string", "description": "request id (also the X-Request-Id header)"},
         "code": {"type": "integer"}, "message": {"type": "string"},
-        "timestamp": {"$ref": "#/components/schemas/Time"}, "data": {}}},
-    "Page": {"allOf": [{"$ref": "#/components/schemas/Reply"}, {"type": "object", "properties": {
-        "total_count": {"type": "integer"}, "count": {"type": "integer"}, "page": {"type": "integer"},
-        "page_count": {"type": "integer"}, "per_page": {"type": "integer"}}}]},
+        "timestamp": _ref("Time"), "data": {}}},
+    "Page": {"allOf": [_ref("Reply"), {
+        "type": "object", "required": ["total_count", "count", "page", "page_count", "per_page"], "properties": {
+            "total_count": {"type": "integer"}, "count": {"type": "integer"}, "page": {"type": "integer"},
+            "page_count": {"type": "integer"}, "per_page": {"type": "integer"}}}]},
     "Error": {"type": "object", "required": ["_id", "code", "message", "timestamp", "error"], "properties": {
         "_id": {"type": "string"}, "code": {"type": "integer"}, "message": {"type": "string"},
-        "timestamp": {"$ref": "#/components/schemas/Time"},
+        "timestamp": _ref("Time"),
         "error": {"type": "string", "description": "what was wrong"}, "details": {"type": "object"}}},
 }
 
+
+
+def _event(kind: str, data: str) -> dict[str, Any]:
+    """One event of a stream, as an SSE parser hands it over: ``data`` is JSON text of ``data``'s schema."""
+    return {"type": "object", "required": ["event", "id", "data"], "properties": {
+        "event": {"const": kind}, "id": _ref("EventId"),
+        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": _ref(data)},
+        "retry": {"type": "integer", "description": "ms to wait before reconnecting (on the first event)"}}}
+
+
+_EVENTS = {"state": "StateEvent", "log": "LogEvent", "close": "CloseEvent"}
+_SCHEMAS.update({"StateEvent": _event("state", "Job"), "LogEvent": _event("log", "LogRecord"),
+                 "CloseEvent": _event("close", "Close")})
+
+_HEADERS = {
+    "X-Request-Id": {"description": "this request's id, the `_id` of the reply", "required": True,
+                     "schema": {"type": "string", "pattern": "^[0-9a-f]{24}$"}},
+    "WWW-Authenticate": {"description": "Basic", "required": True, "schema": {"type": "string"}},
+    "Retry-After": {"description": "seconds to wait", "required": True, "schema": {"type": "integer", "minimum": 0}},
+}
+
 _STATUS = {400: "bad argument, id or body", 401: "no or wrong credentials (WWW-Authenticate: Basic)",
-           403: "not permitted", 404: "unknown job or qual_name", 405: "unknown action or method",
+           403: "not permitted, or a cross-site request", 404: "unknown job or qual_name",
            409: "the job's state does not allow this", 413: "body too large",
            415: "a body that changes something must be application/json",
            429: "too many failed logins, or too many open streams and long polls (Retry-After)",
            503: "database unavailable"}
+_STATUS_HEADERS = {401: ("WWW-Authenticate",), 429: ("Retry-After",)}
 _UNSAFE = ("post", "put", "delete")
 
-_SSE = {"text/event-stream": {"schema": {"type": "string", "description": (
-    "Server-Sent Events: `retry: 2000`, then events `id: <version>.<seq>`, `event: state|log|close`, "
-    "`data: <JSON>` — `state` carries a Job, `log` a LogRecord, `close` {state, events: {state, log}}; "
-    "`: keepalive` comments after 15 s of silence. Resume with the Last-Event-ID header.")}}}
+_EVENT_TEXT = {"state": "`state` (the job, whenever it changed)", "log": "`log` (each log record once, in seq order)",
+               "close": "a last `close` (why the stream ends)"}
+_STREAM = ("; the schema describes one event (as OpenAPI 3.2's itemSchema does), whose `data` is JSON. The first "
+           "event also carries `retry: 2000`; `: keepalive` comments follow 15 s of silence. Resume with the "
+           "Last-Event-ID header.")
 
 
 def path_template(pattern: str) -> str:
@@ -134,55 +263,115 @@ def path_template(pattern: str) -> str:
     return re.sub(r"\([^)]*\)", "{id}", pattern)
 
 
+def operation_id(path: str, method: str) -> str:
+    """``/job/kill/{id}``, ``put`` -> ``put_job_kill_by_id``: unique per path and method."""
+    words = ["by_id" if part == "{id}" else part for part in re.split(r"[/.]", path) if part]
+    return "_".join([method, *words])
+
+
+def _headers(*names: str) -> dict[str, Any]:
+    """``X-Request-Id`` (every reply has it) and the headers of ``_HEADERS`` named."""
+    return {name: {"$ref": f"#/components/headers/{name}"} for name in ("X-Request-Id", *names)}
+
+
 def _reply(op: Op) -> dict[str, Any]:
-    data = {"$ref": f"#/components/schemas/{op.reply}"}
-    envelope = "Page" if op.paginated else "Reply"
-    schema = {"allOf": [{"$ref": f"#/components/schemas/{envelope}"},
-                        {"type": "object", "properties": {"data": {"type": "array", "items": data}
-                                                          if op.paginated else data}}]}
-    content: dict[str, Any] = {} if op.sse and not op.sse_optional else {"application/json": {"schema": schema}}
+    data = _ref(op.reply)
+    if not op.envelope:
+        schema = data
+    else:
+        envelope = "Page" if op.paginated else "Reply"
+        many = op.paginated or op.array
+        schema = {"allOf": [_ref(envelope), {"type": "object", "properties": {
+            "data": {"type": "array", "items": data} if many else data}}]}
+    content: dict[str, Any] = {} if op.sse and not op.sse_optional else {op.media: {"schema": schema}}
+    description = "OK"
     if op.sse:
-        content.update(_SSE)
-    return {"description": "OK", "content": content}
+        events = [_ref(_EVENTS[kind]) for kind in op.events]
+        content["text/event-stream"] = {"schema": {"oneOf": events}}
+        description = (f"{'with follow: ' if op.sse_optional else ''}Server-Sent Events: "
+                       f"{', '.join(_EVENT_TEXT[kind] for kind in op.events)}{_STREAM}")
+    return {"description": description, "headers": _headers(), "content": content}
+
+
+def _param_schema(param: Param) -> dict[str, Any]:
+    schema = dict(_TYPES[param.type])
+    if param.default is not None:
+        schema["default"] = param.default
+    if param.minimum is not None:
+        schema["minimum"] = param.minimum
+    if param.maximum is not None:
+        schema["maximum"] = param.maximum
+    if param.pattern is not None:
+        schema["pattern"] = param.pattern
+    return schema
+
+
+def _parameter(param: Param) -> dict[str, Any]:
+    parameter: dict[str, Any] = {"name": param.name, "in": "query", "required": param.required,
+                                 "description": param.description + " (also accepted in a JSON body)"}
+    if param.type == "object":  # JSON text, not form-style key=value pairs
+        parameter["content"] = {"application/json": {"schema": _param_schema(param)}}
+    else:
+        parameter["schema"] = _param_schema(param)
+    return parameter
 
 
 def _operation(op: Op, path: str, method: str) -> dict[str, Any]:
     parameters = []
     if "{id}" in path:
-        parameters.append({"name": "id", "in": "path", "required": True,
-                           "schema": {"$ref": "#/components/schemas/Id"}})
-    for param in op.params:
-        schema = dict(_TYPES[param.type])
-        if param.default is not None:
-            schema["default"] = param.default
-        parameters.append({"name": param.name, "in": "query", "required": param.required,
-                           "description": param.description + " (also accepted in a JSON body)",
-                           "schema": schema})
+        parameters.append({"name": "id", "in": "path", "required": True, "schema": _ref("Id")})
+    parameters.extend(_parameter(param) for param in op.params)
+    if op.sse and any(param.name == "last_event_id" for param in op.params):
+        parameters.append({"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
+                           "description": "resume after this event id (what EventSource sends by itself)"})
     responses: dict[str, Any] = {"200": _reply(op)}
-    implied = ((401,) if op.auth else ()) + ((403, 415) if method in _UNSAFE else ()) + (
-        (429,) if op.long or op.sse else ()) + (503,)
-    for status in sorted(set(op.errors + implied)):
-        responses[str(status)] = {"description": _STATUS[status], "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    operation: dict[str, Any] = {"summary": op.summary, "tags": list(op.tags), "parameters": parameters,
-                                 "responses": responses}
+    implied = {413, 503} | ({401, 429} if op.auth else set()) | ({403, 415} if method in _UNSAFE else set()) | (
+        {429} if op.long or op.sse else set())
+    for status in sorted(set(op.errors) | implied):
+        responses[str(status)] = {
+            "description": _STATUS[status],
+            "headers": _headers(*_STATUS_HEADERS.get(status, ())),
+            "content": {"application/json": {"schema": _ref("Error")}}}
+    operation: dict[str, Any] = {"operationId": operation_id(path, method), "summary": op.summary,
+                                 "tags": list(op.tags), "parameters": parameters, "responses": responses}
     if op.description:
         operation["description"] = op.description
     if op.params:
-        operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": {
-            "type": "object", "properties": {p.name: _TYPES[p.type] for p in op.params}}}}}
+        body = {"type": "object", "properties": {p.name: _param_schema(p) for p in op.params}}
+        media = ("application/json", "application/x-www-form-urlencoded") if op.form else ("application/json",)
+        operation["requestBody"] = {"required": False, "content": {m: {"schema": body} for m in media}}
     if not op.auth:
         operation["security"] = []
     return operation
 
 
+def _link(paths: dict[str, Any], sources: dict[str, list[dict[str, Any]]]) -> None:
+    """Link the replies of ``sources`` to every operation taking a job id.
+
+    ``sources`` maps where a reply holds the id (``data`` for an ``Id``,
+    ``data/_id`` for a ``Job``) to the operations whose replies do.
+    """
+    targets = [operation for path, item in paths.items() if "{id}" in path for operation in item.values()]
+    for pointer, operations in sources.items():
+        links = {target["operationId"]: {"operationId": target["operationId"],
+                                         "parameters": {"id": f"$response.body#/{pointer}"},
+                                         "description": f"{target['summary']}: the job of this reply"}
+                 for target in targets}
+        for operation in operations:
+            operation["responses"]["200"]["links"] = links
+
+
 def build(routes: list[tuple[str, type]], prefix: str = "/api/v1") -> dict[str, Any]:
     """The OpenAPI document for ``routes`` (each handler's ``api``), served under ``prefix``."""
     paths: dict[str, Any] = {}
+    sources: dict[str, list[dict[str, Any]]] = {"data": [], "data/_id": []}
     for pattern, handler in routes:
         path = path_template(pattern)
         for method, op in getattr(handler, "api", {}).items():
-            paths.setdefault(path, {})[method] = _operation(op, path, method)
+            paths.setdefault(path, {})[method] = operation = _operation(op, path, method)
+            if op.envelope and not (op.paginated or op.array) and op.reply in ("Id", "Job"):
+                sources["data" if op.reply == "Id" else "data/_id"].append(operation)
+    _link(paths, sources)
     return {
         "openapi": "3.1.0",
         "info": {"title": "jobdeck", "version": "1", "description": (
@@ -195,6 +384,7 @@ def build(routes: list[tuple[str, type]], prefix: str = "/api/v1") -> dict[str, 
                 "basic": {"type": "http", "scheme": "basic"},
                 "bearer": {"type": "http", "scheme": "bearer", "description": "token from POST /login"},
                 "cookie": {"type": "apiKey", "in": "cookie", "name": "jobdeck_token"}},
-            "schemas": _SCHEMAS},
+            "schemas": _SCHEMAS,
+            "headers": _HEADERS},
         "paths": paths,
     }

@@ -55,7 +55,7 @@ class LoginHandler(BaseHandler):
                        Param("password", "string", "password (if not sent as Basic auth)"),
                        Param("cookie_only", "boolean", "leave the token out of the reply: only the cookie "
                              "carries it (for browsers)", default=False)),
-                      reply="Token", errors=(400, 401, 403, 415, 429), auth=False, tags=_SERVICE)}
+                      reply="Token", errors=(400, 401, 403, 415, 429), auth=False, tags=_SERVICE, form=True)}
 
     async def post(self) -> None:
         auth = self.services.auth
@@ -82,7 +82,7 @@ class LogoutHandler(BaseHandler):
 
     auth_required = False
     accepts_form = True
-    api = {"post": Op("Clear the login cookie", errors=(403, 415), auth=False, tags=_SERVICE)}
+    api = {"post": Op("Clear the login cookie", reply="Nothing", errors=(403, 415), auth=False, tags=_SERVICE)}
 
     def post(self) -> None:
         self.clear_cookie(COOKIE, path="/")
@@ -92,8 +92,8 @@ class LogoutHandler(BaseHandler):
 class MetricsHandler(BaseHandler):
     """``GET /metrics``: Prometheus text (admins only)."""
 
-    api = {"get": Op("Prometheus metrics (text/plain exposition format); admins only", reply="Any",
-                     errors=(401, 403), tags=_SERVICE)}
+    api = {"get": Op("Prometheus metrics (text/plain exposition format); admins only", reply="Metrics",
+                     errors=(401, 403), tags=_SERVICE, media="text/plain", envelope=False)}
 
     async def get(self) -> None:
         services = self.services
@@ -106,7 +106,8 @@ class MetricsHandler(BaseHandler):
 class OpenAPIHandler(BaseHandler):
     """``GET /openapi.json``: the OpenAPI 3.1 description of every route."""
 
-    api = {"get": Op("This OpenAPI 3.1 document", errors=(401,), tags=_SERVICE)}
+    api = {"get": Op("This OpenAPI 3.1 document (as it is, not in the reply envelope)", reply="OpenAPI",
+                     errors=(401,), tags=_SERVICE, envelope=False)}
 
     def get(self) -> None:
         prefix = self.request.path.rstrip("/")[: -len("/openapi.json")]

@@ -1,15 +1,18 @@
 """The OpenAPI 3.1 document: it describes every route of the application, and only routes that exist."""
 from __future__ import annotations
 
+import json
 from typing import Any, Iterator
 
+import jsonschema_rs
 import pytest
+from httpx_sse import aconnect_sse
 from tornado.web import RequestHandler
 
 from core import queue
 from handlers.app import PREFIXES, ROUTES
 from handlers.jobs import UnknownActionHandler
-from handlers.openapi import path_template
+from handlers.openapi import build, path_template
 
 METHODS = ("get", "post", "put", "delete")
 DUMMY = "jobs.example.DummyJob"
@@ -147,3 +150,89 @@ async def test_every_reference_resolves_to_a_component(document):
         for part in ref[2:].split("/"):
             assert isinstance(node, dict) and part in node, f"{ref} does not resolve"
             node = node[part]
+
+
+# --- what the document says the replies are ------------------------------------------------
+
+def conforms(document: dict[str, Any], path: str, method: str, status: int, media: str, body: Any) -> list[str]:
+    """Where ``body`` differs from what the document says ``method path`` answers with ``status`` as ``media``."""
+    pointer = "/".join(part.replace("~", "~0").replace("/", "~1") for part in (
+        "#", "paths", path, method, "responses", str(status), "content", media, "schema"))
+    validator = jsonschema_rs.validator_for({**document, "$ref": pointer}, validate_formats=True)
+    return [str(error) for error in validator.iter_errors(body)]
+
+
+def test_the_document_is_valid_openapi_3_1():
+    definitions = pytest.importorskip("schemathesis.specs.openapi.definitions")
+    errors = [str(error) for error in definitions.OPENAPI_31_VALIDATOR.iter_errors(build(ROUTES))]
+    assert not errors, errors[:5]
+
+
+async def test_operation_ids_are_unique_and_links_lead_from_a_job_to_every_operation_taking_its_id(document):
+    ids = [operation["operationId"] for _, _, operation in operations(document)]
+    assert len(ids) == len(set(ids))
+    taking_an_id = {operation["operationId"] for path, _, operation in operations(document) if "{id}" in path}
+    assert len(taking_an_id) == 9  # detail, follow, log, poll, kill, remove, restart, GET and DELETE /job/{id}
+    new_id = {("/job", "post"), ("/job/enqueue", "post"), ("/job/restart/{id}", "put")}
+    a_job = {("/job/{id}", "get"), ("/job/detail/{id}", "get"), ("/job/poll/{id}", "get"), ("/job/kill/{id}", "put"),
+             ("/job/remove/{id}", "put"), ("/job/{id}", "delete")}
+    for path, method, operation in operations(document):
+        links = operation["responses"]["200"].get("links", {})
+        if (path, method) not in new_id | a_job:
+            assert not links, (method, path)
+            continue
+        assert {link["operationId"] for link in links.values()} == taking_an_id, (method, path)
+        where = "$response.body#/data" if (path, method) in new_id else "$response.body#/data/_id"
+        assert {link["parameters"]["id"] for link in links.values()} == {where}, (method, path)
+
+
+async def test_every_status_a_request_can_meet_is_described_with_its_headers(document):
+    for path, method, operation in operations(document):
+        responses = operation["responses"]
+        assert {"413", "503"} <= set(responses), (method, path)  # a body too large, the database gone
+        if (path, method) not in PUBLIC:
+            assert "429" in responses, (method, path)  # Basic credentials are throttled on every route
+        for status, response in responses.items():
+            assert "X-Request-Id" in response["headers"], (status, method, path)
+            if status != "200":
+                assert response["content"] == {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        assert "WWW-Authenticate" in responses.get("401", {"headers": {"WWW-Authenticate": 0}})["headers"]
+        assert "Retry-After" in responses.get("429", {"headers": {"Retry-After": 0}})["headers"]
+
+
+async def test_metrics_openapi_and_worker_replies_are_what_the_document_says(
+        team_clients, document, worker_factory):
+    await worker_factory(slots=2)
+    admin, reader = team_clients["admin"], team_clients["reader"]
+
+    metrics = await admin.get("/metrics")
+    assert metrics.headers["Content-Type"].startswith("text/plain")
+    assert list(document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
+    assert not conforms(document, "/openapi.json", "get", 200, "application/json", document)
+    for http in (admin, reader):  # host and pid only for admins
+        workers = (await http.get("/worker")).json()
+        assert len(workers["data"]) == 1
+        assert not conforms(document, "/worker", "get", 200, "application/json", workers)
+    assert conforms(document, "/worker", "get", 200, "application/json", {**workers, "data": workers["data"][0]})
+    for route in ("/job/stats", "/whoami", "/health"):
+        assert not conforms(document, route, "get", 200, "application/json", (await reader.get(route)).json())
+
+
+async def test_every_event_of_a_stream_is_what_the_document_says(server, team_clients, document, worker_factory):
+    await worker_factory(slots=2)
+    schemas = {"state": "Job", "log": "LogRecord", "close": "Close"}
+    validators = {kind: jsonschema_rs.validator_for(
+        {**document, "$ref": f"#/components/schemas/{name}"}, validate_formats=True) for kind, name in schemas.items()}
+    event_schema = {**document, "$ref": "#/paths/~1job/post/responses/200/content/text~1event-stream/schema"}
+
+    seen = set()
+    async with aconnect_sse(team_clients["admin"], "POST", "/job",
+                            json={"qual_name": DUMMY, "args": {"sleep": 0.3, "loop_time": 0.1}}) as source:
+        async for event in source.aiter_sse():
+            wire = {"event": event.event, "id": event.id, "data": event.data,
+                    **({"retry": event.retry} if event.retry is not None else {})}
+            assert jsonschema_rs.is_valid(event_schema, wire), wire
+            errors = [str(error) for error in validators[event.event].iter_errors(json.loads(event.data))]
+            assert not errors, (event.event, errors)
+            seen.add(event.event)
+    assert seen == {"state", "log", "close"}
