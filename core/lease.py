@@ -15,6 +15,11 @@
   or ``error`` with ``WorkerLost``, ``killed`` if a kill was asked for). A
   reaper reaps only once it has itself been connected for a full lease, so
   that after an outage every worker has had its chance to renew first.
+- **Offers.** By the same rule, once a lease, the offers of job classes made
+  by dead workers are dropped (``core.registry.expire_offers``): a class no
+  live process offers any more becomes unavailable. A worker whose renewals
+  failed is told when the database answers again (``on_reconnected``), so
+  that it can offer its classes again in case they were dropped meanwhile.
 - A malformed job document is logged and skipped; it never stops a loop.
 """
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
+from core import registry
 from core.errors import Conflict
 from core.states import State, transition
 from core.tasks import stop_task
@@ -110,11 +116,13 @@ class Leases:
     ``runs()`` gives the runs to renew: objects with ``id``, ``token``,
     ``pid_unwritten()`` (a pid to write with the renewal, or None),
     ``pid_written()`` and ``request_stop(reason)`` (``"kill"``, or ``"lost"``
-    when the job is no longer theirs).
+    when the job is no longer theirs). ``on_reconnected()`` is called when a
+    renewal succeeds after failures.
     """
 
     def __init__(self, db: Database, *, worker_id: str, lease_seconds: float, heartbeat_seconds: float,
                  runs: Callable[[], Iterable[Any]], on_reaped: Callable[[], None],
+                 on_reconnected: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.db = db
         self.worker_id = worker_id
@@ -122,7 +130,10 @@ class Leases:
         self.heartbeat_seconds = heartbeat_seconds
         self.runs = runs
         self.on_reaped = on_reaped
+        self.on_reconnected = on_reconnected
         self.clock = clock
+        #: When the registry's offers were last checked (``core.registry.expire_offers``).
+        self.offers_checked_at = -float("inf")
         #: Since when the database has answered without a break (None: it does not now).
         self.connected_since: float | None = clock()
         self._task: asyncio.Task[None] | None = None
@@ -153,7 +164,10 @@ class Leases:
                 await asyncio.sleep(self.heartbeat_seconds)
 
     async def beat(self) -> None:
-        """Renew every run's lease (and write pids not written yet), the worker's heartbeat; reap."""
+        """Renew every run's lease (and write pids not written yet), the worker's heartbeat; reap.
+
+        Once a lease, also drop the registry offers of dead workers.
+        """
         runs = list(self.runs())
         if runs:
             await self.renew(runs)
@@ -162,9 +176,15 @@ class Leases:
         if self.connected_since is None:
             self.connected_since = self.clock()
             log.info("the database answers again; reaping resumes in %g s", self.lease_seconds)
+            if self.on_reconnected is not None:
+                self.on_reconnected()
         if self.clock() - self.connected_since >= self.lease_seconds:
-            if await reap_expired(self.db, self.lease_seconds):
+            now = await self.db.server_time()
+            if await reap_expired(self.db, self.lease_seconds, now=now):
                 self.on_reaped()
+            if self.clock() - self.offers_checked_at >= self.lease_seconds:
+                await registry.expire_offers(self.db, self.lease_seconds, now=now)
+                self.offers_checked_at = self.clock()
 
     async def renew(self, runs: list[Any]) -> None:
         """One bulk write renewing each run's lease; tell the runs that were killed or lost their claim.

@@ -1,15 +1,55 @@
-"""The registry: which job classes exist, their argument schemas, and argument checking.
+"""The registry: which job classes exist, who offers them, their argument schemas, and argument checking.
 
-Workers and servers ``discover`` the job classes of the configured packages
-(``jobs`` always) at start and ``sync`` them to the ``registry`` collection;
-entries of classes no longer found are marked ``valid: false``. Enqueue
-accepts only valid registered qual_names, and checks the arguments against the
-stored schema, so a request never makes the service import a module it names.
+Every jobdeck process ``discover``s the job classes of its configured
+packages (``jobs`` always) and ``sync``s them to the ``registry`` collection,
+one entry per class. Enqueue accepts only valid registered qual_names, and
+checks the arguments against the stored schema, so a request never makes the
+service import a module it names.
+
+**Offers.** An entry lists the processes that offer its class in
+``offered_by``, one ``{"id", "kind", "host", "at"}`` per ``Provider``:
+
+- a **worker** (``kind: "worker"``, its worker id) offers its classes while it
+  is alive, judged as the reaper judges it (``core.lease``): its ``worker``
+  document's heartbeat is younger than ``lease_seconds``. It withdraws its
+  offer when it stops (``withdraw``). A crashed worker's offer expires with
+  its heartbeat: once a lease, workers drop the offers of dead workers
+  (``expire_offers``, next to the reaper), and a worker that was cut off that
+  long offers its classes again when the database answers;
+- a **server** (``jobdeck serve``; ``kind: "server"``, id
+  ``server:<host>:<port>``) has no heartbeat: its offer counts until it stops,
+  or until a server of the same host and port starts with other classes;
+- the **command line** (``jobdeck enqueue``, ``jobdeck jobs``) registers the
+  classes it finds without offering them (``sync`` without a provider): it
+  adds classes never registered and makes unavailable ones valid again, and
+  changes nothing else.
+
+A process only ever changes its own offer, so one with other job packages
+(another host, another version) never makes another's classes unavailable.
+An entry is ``valid`` from its registration until it has no offer left: its
+last provider withdrew it (stopped, or started again without the class), or
+the offers left all belonged to dead workers. Only then does the class become
+unavailable, and a WARNING says which. An entry no process has offered yet
+(registered by the command line) stays valid; one written by an older jobdeck
+(no ``offered_by``) counts as offered by nobody.
+
+**Enqueue.** A qual_name never registered is an "unknown job" and an
+unavailable class "no longer available" (both ``NotFound``). A valid class is
+accepted even when no live worker offers it: the job waits, pending, until a
+worker with the class claims it. ``list_entries`` and ``list_page`` show, in
+place of ``offered_by``, ``workers``: the live workers offering each class.
+
+**Import failures.** ``discover`` returns a ``Discovery``: the classes found,
+and ``import_errors``, one ``{"module", "error"}`` per package or module that
+failed to import, each also logged as one ERROR line (the traceback at DEBUG).
+A worker keeps its own in its ``worker`` document (``import_errors``;
+``worker_import_errors`` lists those of the live workers), a server reports
+its own in ``GET /health``.
 
 ``get_valid`` may take the server's cache of entries (``core.cache``): a
-class invalidated or removed by ``sync`` in this process is refused at once,
-by another process (a worker starting) within the cache's ``stale_seconds``
-(2 s; milliseconds while the hub's change stream runs).
+class that became unavailable in this process is refused at once, in another
+process (a worker stopping) within the cache's ``stale_seconds`` (2 s;
+milliseconds while the hub's change stream runs).
 """
 from __future__ import annotations
 
@@ -19,22 +59,28 @@ import json
 import logging
 import math
 import pkgutil
+import socket
+import sys
 import types
 import typing
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Iterable
+
+from pymongo import UpdateOne
 
 from core.errors import BadArgument, NotFound
 from core.job import OPTIONS, Job
-from core.listing import Page, check_filter, check_sort, combine, paginate, search_filter
-from core.permissions import EXECUTE, readable_filter
+from core.listing import (QUERY_TIMEOUT_MS, Page, check_filter, check_sort, combine, paginate, search_filter,
+                          time_limited)
+from core.permissions import EXECUTE, is_admin, readable_filter
 
 if TYPE_CHECKING:
     from core.cache import Cache
     from core.db import Database
 
-__all__ = ["discover", "schema", "sync", "get_valid", "check_args", "list_entries", "list_page",
-           "ALWAYS", "REGISTRY_FIELDS"]
+__all__ = ["Discovery", "Provider", "discover", "schema", "sync", "withdraw", "expire_offers", "get_valid",
+           "check_args", "list_entries", "list_page", "worker_import_errors", "ALWAYS", "REGISTRY_FIELDS"]
 
 log = logging.getLogger(__name__)
 
@@ -42,34 +88,87 @@ ALWAYS = "jobs"
 _TYPES = {str: "str", int: "int", float: "float", bool: "bool", list: "list", dict: "dict"}
 
 
-def discover(packages: Iterable[str] = ()) -> dict[str, type[Job]]:
+class Discovery(dict[str, type[Job]]):
+    """The job classes ``discover`` found, by qual_name, and what it could not import."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: ``{"module": name, "error": "Exception: message"}`` per package or module that failed to import.
+        self.import_errors: list[dict[str, str]] = []
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A process that offers job classes: a worker, alive while its heartbeat is, or a server."""
+
+    id: str
+    kind: str  # "worker" or "server"
+    host: str
+
+    @classmethod
+    def server(cls, port: int) -> Provider:
+        """The server of this host listening on ``port``."""
+        host = socket.gethostname()
+        return cls(f"server:{host}:{port}", "server", host)
+
+    def offer(self) -> dict[str, Any]:
+        """Its element of ``offered_by``, as an expression stamped with the database's clock."""
+        return {"id": {"$literal": self.id}, "kind": {"$literal": self.kind}, "host": {"$literal": self.host},
+                "at": "$$NOW"}
+
+
+def discover(packages: Iterable[str] = (), *, log_errors: bool = True) -> Discovery:
     """Import ``jobs`` and ``packages`` with their submodules; return their job classes by qual_name.
 
-    A module that fails to import is logged and skipped (its jobs then count
-    as vanished).
+    A package or module that fails to import is skipped (its jobs are left
+    out) and listed in the result's ``import_errors``. Each is logged as one
+    ERROR line naming it and the exception, with the traceback at DEBUG,
+    unless ``log_errors`` is false (the command line prints them itself).
     """
-    found: dict[str, type[Job]] = {}
+    found = Discovery()
+    failed: dict[str, str] = {}
     for package_name in dict.fromkeys([ALWAYS, *packages]):
-        for module in _modules(package_name):
+        for module in _modules(package_name, failed, log_errors):
             for _, cls in inspect.getmembers(module, inspect.isclass):
                 if _is_job(cls, module.__name__):
                     found[cls.qual_name()] = cls
+    found.import_errors = [{"module": name, "error": error} for name, error in failed.items()]
     return found
 
 
-def _modules(package_name: str) -> list[types.ModuleType]:
+def _modules(package_name: str, failed: dict[str, str], log_errors: bool) -> list[types.ModuleType]:
     try:
         package = importlib.import_module(package_name)
-    except Exception:  # noqa: BLE001 - a broken job package must not stop the service
-        log.exception("cannot import job package %s", package_name)
+    except Exception as exc:  # noqa: BLE001 - a broken job package must not stop the service
+        _failed(failed, package_name, package_name, exc, log_errors)
         return []
     modules = [package]
-    for info in pkgutil.walk_packages(getattr(package, "__path__", []), package_name + "."):
+
+    def subpackage_failed(name: str) -> None:  # walk_packages imports subpackages to walk them
+        _failed(failed, name, package_name, sys.exc_info()[1], log_errors)
+
+    for info in pkgutil.walk_packages(getattr(package, "__path__", []), package_name + ".",
+                                      onerror=subpackage_failed):
+        if info.name in failed:
+            continue
         try:
             modules.append(importlib.import_module(info.name))
-        except Exception:  # noqa: BLE001
-            log.exception("cannot import job module %s", info.name)
+        except Exception as exc:  # noqa: BLE001
+            _failed(failed, info.name, package_name, exc, log_errors)
     return modules
+
+
+def _failed(failed: dict[str, str], name: str, package_name: str, exc: BaseException | None,
+            log_errors: bool) -> None:
+    """Record (and log) that module ``name`` of ``package_name`` failed to import with ``exc``."""
+    if name in failed:
+        return
+    lines = f"{type(exc).__name__}: {exc}".strip().splitlines() or ["?"]
+    failed[name] = lines[0][:300]
+    if log_errors:
+        what = f"package {name}" if name == package_name else f"module {name} of package {package_name}"
+        log.error("cannot import job %s: %s; its jobs are left out", what, failed[name])
+        log.debug("why job module %s cannot be imported", name, exc_info=exc)
 
 
 def _is_job(cls: type, module_name: str) -> bool:
@@ -151,21 +250,136 @@ def _entry(cls: type[Job], now: datetime) -> dict[str, Any]:
     }
 
 
-async def sync(db: Database, classes: dict[str, type[Job]]) -> dict[str, int]:
-    """Write the entries of ``classes``; mark entries of other classes invalid."""
+async def sync(db: Database, classes: dict[str, type[Job]], *, provider: Provider | None = None) -> dict[str, int]:
+    """Register ``classes``; with ``provider``, record that it offers them, and only them.
+
+    Without ``provider`` (the command line): classes never registered are
+    added, unavailable ones made valid again, valid ones left as they are.
+    With it, every entry of ``classes`` is written from this process's class
+    and carries its renewed offer; classes it offered before but no longer
+    does lose its offer, and become unavailable if that was their last.
+    A WARNING names each class whose stored schema differs from this
+    process's (another version of its code). Never invalidates a class that
+    another process offers.
+
+    Returns ``{"valid": len(classes), "invalidated": n}``. Raises
+    ``PyMongoError``; running it again is safe.
+    """
     now = datetime.now(timezone.utc)
-    for cls in classes.values():
-        await db.registry.replace_one({"_id": cls.qual_name()}, _entry(cls, now), upsert=True)
-    vanished = await db.registry.update_many(
-        {"_id": {"$nin": list(classes)}, "valid": True}, {"$set": {"valid": False, "updated_at": now}})
+    entries = {cls.qual_name(): _entry(cls, now) for cls in classes.values()}
+    names = list(entries)
+    stored = await db.registry.find({"_id": {"$in": names}, "valid": True}, {"schema": 1}).to_list()
+    for entry in stored:
+        if entry.get("schema") != entries[entry["_id"]]["schema"]:
+            log.warning("job class %s: its arguments differ from the registered ones (another version of its "
+                        "code?); the %s ones apply", entry["_id"],
+                        "registered" if provider is None else f"{provider.id}'s")
+    requests = []
+    for name, entry in entries.items():
+        fields = {key: value for key, value in entry.items() if key != "_id"}
+        if provider is None:
+            requests.append(UpdateOne({"_id": name}, {"$setOnInsert": {**fields, "offered_by": []}}, upsert=True))
+            requests.append(UpdateOne({"_id": name, "valid": {"$ne": True}}, {"$set": fields}))
+        else:
+            others = {"$filter": {"input": {"$ifNull": ["$offered_by", []]}, "as": "offer",
+                                  "cond": {"$ne": ["$$offer.id", {"$literal": provider.id}]}}}
+            # Values go in as literals: a "$" in a doc string or a default is not a field path.
+            requests.append(UpdateOne({"_id": name}, [{"$set": {
+                **{key: {"$literal": value} for key, value in fields.items()},
+                "offered_by": {"$concatArrays": [others, [provider.offer()]]}}}], upsert=True))
+    if requests:
+        await db.registry.bulk_write(requests)
+    invalidated = [] if provider is None else await _withdraw(db, provider.id, keep=names)
     db.changed("registry")
-    return {"valid": len(classes), "invalidated": vanished.modified_count}
+    return {"valid": len(entries), "invalidated": len(invalidated)}
+
+
+async def withdraw(db: Database, provider_id: str) -> list[str]:
+    """Take back ``provider_id``'s offer of every class; return the classes that became unavailable.
+
+    Raises ``PyMongoError``; running it again is safe.
+    """
+    unavailable = await _withdraw(db, provider_id, keep=[])
+    db.changed("registry")
+    return unavailable
+
+
+async def _withdraw(db: Database, provider_id: str, *, keep: list[str]) -> list[str]:
+    """Remove ``provider_id``'s offer from the classes not in ``keep``; return those left unavailable."""
+    names = [entry["_id"] for entry in await db.registry.find(
+        {"offered_by.id": provider_id, "_id": {"$nin": keep}}, {"_id": 1}).to_list()]
+    if not names:
+        return []
+    await db.registry.update_many({"_id": {"$in": names}}, {"$pull": {"offered_by": {"id": provider_id}}})
+    orphans = await db.registry.find({"_id": {"$in": names}, "valid": True, "offered_by": {"$size": 0}},
+                                     {"_id": 1}).to_list()
+    unavailable = []
+    for entry in orphans:
+        # Conditional: a process that offered the class meanwhile keeps it valid.
+        result = await db.registry.update_one({"_id": entry["_id"], "valid": True, "offered_by": {"$size": 0}},
+                                              {"$set": {"valid": False, "updated_at": datetime.now(timezone.utc)}})
+        if result.modified_count:
+            unavailable.append(entry["_id"])
+            log.warning("job class %s is no longer available: %s withdrew the last offer of it; enqueue refuses "
+                        "it until a process with the class offers it again", entry["_id"], provider_id)
+    return unavailable
+
+
+async def expire_offers(db: Database, lease_seconds: float, *, now: datetime | None = None) -> list[str]:
+    """Drop the offers of dead workers; return the classes that became unavailable for want of any other.
+
+    A worker is dead when its document is gone or its heartbeat is older
+    than ``lease_seconds`` by the database's clock (``now``, read unless
+    given). Each entry is written only if its offers are still those read,
+    so an offer made meanwhile is never lost; an entry left with a live
+    offer but marked unavailable is made valid again. A malformed entry is
+    logged and skipped.
+    """
+    now = now or await db.server_time()
+    cutoff = now - timedelta(seconds=lease_seconds)
+    entries = await db.majority(db.registry).find(
+        {"$or": [{"offered_by.kind": "worker"}, {"offered_by": {"$exists": False}, "valid": True}]},
+        {"offered_by": 1, "valid": 1}).to_list()
+    ids = {offer.get("id") for entry in entries for offer in entry.get("offered_by") or []
+           if isinstance(offer, dict) and offer.get("kind") == "worker"}
+    alive = set()
+    if ids:
+        alive = {worker["_id"] for worker in await db.majority(db.worker).find(
+            {"_id": {"$in": list(ids)}, "heartbeat": {"$gte": cutoff}}, {"_id": 1}).to_list()}
+    unavailable: list[str] = []
+    changed = False
+    for entry in entries:
+        try:
+            offers = entry.get("offered_by")
+            kept = [offer for offer in offers or [] if offer["kind"] != "worker" or offer["id"] in alive]
+            if offers is not None and kept == offers and entry.get("valid") == bool(kept):
+                continue
+            result = await db.registry.update_one(
+                {"_id": entry["_id"], "offered_by": {"$exists": False} if offers is None else offers},
+                {"$set": {"offered_by": kept, "valid": bool(kept), "updated_at": now}})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.error("cannot check the offers of job class %s, its registry entry is malformed (%r); skipping it",
+                      entry.get("_id"), exc)
+            continue
+        changed = changed or bool(result.modified_count)
+        if result.modified_count and entry.get("valid") and not kept:
+            unavailable.append(entry["_id"])
+            gone = sorted({offer["id"] for offer in offers or []})
+            log.warning("job class %s is no longer available: no live process offers it (%s); enqueue refuses "
+                        "it until a process with the class offers it again", entry["_id"],
+                        f"the workers {', '.join(gone)} are gone" if gone else "it was registered by an older "
+                        "jobdeck")
+    if changed:
+        db.changed("registry")
+    return unavailable
 
 
 async def get_valid(db: Database, qual_name: Any, *, cache: Cache | None = None) -> dict[str, Any]:
     """The registry entry of a job that may be enqueued; raises ``NotFound`` or ``BadArgument``.
 
-    With ``cache`` the entry may come from it (see the module docstring); it must not be changed.
+    A valid class is returned whether or not a live worker offers it (the job
+    then waits). With ``cache`` the entry may come from it (see the module
+    docstring); it must not be changed.
     """
     if not isinstance(qual_name, str) or not qual_name:
         raise BadArgument("qual_name must be a non-empty string, e.g. jobs.example.DummyJob")
@@ -176,14 +390,51 @@ async def get_valid(db: Database, qual_name: Any, *, cache: Cache | None = None)
     if entry is None:
         raise NotFound(f"unknown job {qual_name!r}; 'jobdeck jobs' or GET /job/list shows the known ones")
     if not entry.get("valid"):
-        raise NotFound(f"job {qual_name!r} is no longer available (its class vanished)")
+        raise NotFound(f"job {qual_name!r} is no longer available: no worker or server offers it any more "
+                       "(they stopped, or run without its job package)")
     return entry
 
 
-async def list_entries(db: Database, *, valid_only: bool = True) -> list[dict[str, Any]]:
-    """All registry entries, by qual_name."""
+async def list_entries(db: Database, *, valid_only: bool = True, lease_seconds: float = 30.0
+                       ) -> list[dict[str, Any]]:
+    """All registry entries, by qual_name, each with ``workers`` (see ``list_page``)."""
     query = {"valid": True} if valid_only else {}
-    return await db.registry.find(query).sort("_id", 1).to_list()
+    entries = await db.registry.find(query).sort("_id", 1).to_list()
+    await _add_workers(db, entries, lease_seconds, hosts=True)
+    return entries
+
+
+async def _add_workers(db: Database, entries: list[dict[str, Any]], lease_seconds: float, *, hosts: bool) -> None:
+    """Replace each entry's ``offered_by`` by ``workers``: ``{"id", "host"}`` of its live workers.
+
+    Alive means a heartbeat within ``lease_seconds``; ``host`` only with ``hosts``.
+    """
+    ids = {offer.get("id") for entry in entries for offer in entry.get("offered_by") or []
+           if isinstance(offer, dict) and offer.get("kind") == "worker"}
+    live: dict[Any, Any] = {}
+    if ids:
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=lease_seconds)
+        with time_limited("finding the workers of the jobs"):
+            live = {worker["_id"]: worker.get("host") for worker in await db.worker.find(
+                {"_id": {"$in": sorted(ids, key=str)}, "heartbeat": {"$gte": cutoff}}, {"host": 1},
+                max_time_ms=QUERY_TIMEOUT_MS).to_list()}
+    for entry in entries:
+        offers = entry.pop("offered_by", None) or []
+        entry["workers"] = [{"id": offer["id"], "host": live[offer["id"]]} if hosts else {"id": offer["id"]}
+                            for offer in offers if isinstance(offer, dict) and offer.get("kind") == "worker"
+                            and offer.get("id") in live]
+
+
+async def worker_import_errors(db: Database, lease_seconds: float) -> list[dict[str, Any]]:
+    """The job modules live workers could not import: ``{"worker", "host", "module", "error"}`` each."""
+    cutoff = datetime.now(timezone.utc) - timedelta(seconds=lease_seconds)
+    found = []
+    with time_limited("listing the workers' import errors"):
+        async for worker in db.worker.find({"heartbeat": {"$gte": cutoff}, "import_errors.0": {"$exists": True}},
+                                           {"host": 1, "import_errors": 1}, max_time_ms=QUERY_TIMEOUT_MS):
+            for error in worker["import_errors"]:
+                found.append({"worker": worker["_id"], "host": worker.get("host"), **error})
+    return found
 
 
 def _matches(kind: str, value: Any) -> bool:
@@ -259,14 +510,25 @@ def check_args(entry: dict[str, Any], args: Any) -> dict[str, Any]:
     return args
 
 
+#: The fields a registry listing may filter and sort by. Who offers a class
+#: (``offered_by``, and ``workers`` made from it per page) is left out on
+#: purpose: it changes with every worker's start and stop.
 REGISTRY_FIELDS = frozenset({"_id", "qual_name", "author", "tags", "schedule", "valid", "unique",
                              "updated_at", "doc"})
 
 
 async def list_page(db: Database, *, user: dict[str, Any], search: str | None = None,
-                    filter: Any = None, sort: Any = None, page: int = 0, per_page: int = 10) -> Page:
-    """A page of the valid jobs ``user`` may enqueue."""
+                    filter: Any = None, sort: Any = None, page: int = 0, per_page: int = 10,
+                    lease_seconds: float = 30.0) -> Page:
+    """A page of the valid jobs ``user`` may enqueue, each with ``workers``: the live workers offering it.
+
+    ``workers`` holds ``{"id", "host"}`` (``host`` for admins only, as in
+    ``stats.workers``); alive means a heartbeat within ``lease_seconds``. An
+    empty list means jobs of the class wait until such a worker comes.
+    """
     query = combine({"valid": True}, readable_filter(user, EXECUTE, field="_id"), search_filter(search, "_id"),
                     check_filter(filter or {}, REGISTRY_FIELDS))
-    return await paginate(db.registry, query, sort=check_sort(sort, REGISTRY_FIELDS, default=(("_id", 1),)),
-                          page=page, per_page=per_page, advice="narrow it with a search or a filter")
+    found = await paginate(db.registry, query, sort=check_sort(sort, REGISTRY_FIELDS, default=(("_id", 1),)),
+                           page=page, per_page=per_page, advice="narrow it with a search or a filter")
+    await _add_workers(db, found.items, lease_seconds, hosts=is_admin(user))
+    return found

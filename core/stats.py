@@ -63,7 +63,8 @@ async def workers(db: Database, *, user: dict[str, Any], lease_seconds: float) -
     """Registered workers, newest heartbeat first, with ``alive`` (heartbeat within the lease).
 
     ``running`` and ``jobs`` (the classes a worker offers) list only the jobs
-    and classes ``user`` may read; ``host`` and ``pid`` are shown to admins only.
+    and classes ``user`` may read; ``host``, ``pid`` and ``import_errors`` (job
+    modules the worker could not import) are shown to admins only.
     """
     now = datetime.now(timezone.utc)
     with time_limited("listing the workers"):
@@ -76,6 +77,7 @@ async def workers(db: Database, *, user: dict[str, Any], lease_seconds: float) -
         for worker in found:
             worker.pop("host", None)
             worker.pop("pid", None)
+            worker.pop("import_errors", None)
             worker["jobs"] = [name for name in worker.get("jobs", []) if may(user, name, READ)]
             if worker.get("running"):
                 ids = [ObjectId(i) for i in worker["running"] if ObjectId.is_valid(i)]

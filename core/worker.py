@@ -17,7 +17,14 @@ Its parts, each in a module of its own:
 - **running** (``core.run``): one ``Run`` per claimed job, which supervises its
   child process and writes its end, and which no database error ends;
 - **leases** (``core.lease``): renewals fenced by each run's claim token, the
-  worker's heartbeat, and reaping the jobs of dead workers;
+  worker's heartbeat, and reaping the jobs (and registry offers) of dead
+  workers;
+- **offering** (``core.registry``): at start the worker offers its job classes
+  in the registry, after writing its ``worker`` document (whose heartbeat says
+  it is alive), and withdraws the offer when it stops. A failed write is
+  retried every half second: ``start`` waits for it at most a lease, then it
+  goes on in the background; the withdrawal gets ``_WITHDRAW_SECONDS``, after
+  which the offer is left to expire with the worker's heartbeat;
 - **starting processes** (``core.forkserver``): with ``job_start = "fork"``
   (the default) a launcher process that imported the job modules once forks
   each job's process; with ``"spawn"``, or where fork is unavailable, each job
@@ -40,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from pymongo.errors import PyMongoError
 
 from core import claim as claiming
-from core import forkserver, states
+from core import forkserver, registry, states
 from core.lease import Leases, reap_expired
 from core.process import JobProcess
 from core.run import Run
@@ -56,6 +63,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds the end of runs may take to be written after a shutdown, beyond the kill grace.
 _WRITE_GRACE = 10.0
+#: Seconds between attempts to write the worker's registry offer.
+_RETRY_SECONDS = 0.5
+#: Seconds a stopping worker tries to withdraw its offer (it runs while the runs end).
+_WITHDRAW_SECONDS = 5.0
 
 
 class Worker:
@@ -63,7 +74,9 @@ class Worker:
 
     def __init__(self, db: Database, config: Config, *, classes: dict[str, type[Job]],
                  slots: int = 1, kill_grace: float = 10.0, shutdown_grace: float = 30.0,
-                 poll_seconds: float = 1.0) -> None:
+                 poll_seconds: float = 1.0, import_errors: list[dict[str, str]] | None = None) -> None:
+        """``import_errors``: the job modules ``registry.discover`` could not import (kept in the
+        worker's document)."""
         self.db = db
         self.config = config
         self.classes = classes
@@ -73,6 +86,9 @@ class Worker:
         self.poll_seconds = poll_seconds
         self.host = socket.gethostname()
         self.id = f"{self.host}:{os.getpid()}:{secrets.token_hex(2)}"
+        self.import_errors = list(import_errors or [])
+        self.provider = registry.Provider(self.id, "worker", self.host)
+        self._offering: asyncio.Task[None] | None = None
         self.runs: dict[Any, Run] = {}
         self._wake = asyncio.Event()
         self._stopping = False
@@ -80,7 +96,7 @@ class Worker:
         self.claimer = claiming.Claimer(db, worker=self.id, host=self.host, classes=classes)
         self.leases = Leases(db, worker_id=self.id, lease_seconds=config.lease_seconds,
                              heartbeat_seconds=config.heartbeat_seconds, runs=lambda: self.runs.values(),
-                             on_reaped=self._queue_changed)
+                             on_reaped=self._queue_changed, on_reconnected=self._offer_again)
         self.watcher = claiming.QueueWatcher(db, wake=self._queue_changed, killed=self._killed,
                                              reopened=self._check_kills, inserted=self._job_inserted,
                                              retry_seconds=poll_seconds)
@@ -91,10 +107,16 @@ class Worker:
     # -- life cycle ------------------------------------------------------
 
     async def start(self) -> None:
-        """Register, finish interrupted journal moves, and start claiming."""
+        """Register, offer the job classes, finish interrupted journal moves, and start claiming."""
         await self.db.worker.update_one({"_id": self.id}, [{"$set": {
             "_id": self.id, "host": self.host, "pid": os.getpid(), "started": "$$NOW", "heartbeat": "$$NOW",
-            "slots": self.slots, "running": [], "jobs": sorted(self.classes)}}], upsert=True)
+            "slots": self.slots, "running": [], "jobs": sorted(self.classes),
+            "import_errors": {"$literal": self.import_errors}}}], upsert=True)
+        self._offer_again()
+        offering = self._offering
+        await asyncio.wait({offering}, timeout=self.config.lease_seconds)
+        if offering.done():
+            offering.result()  # a bug shows at start, not as a task nobody awaited
         await states.complete_moves(self.db)
         await self._start_launcher()
         # Without change streams nothing tells the ready list of new jobs: it is read every poll.
@@ -135,6 +157,8 @@ class Worker:
         """
         self._stopping = True
         self._wake.set()
+        # Runs while the runs end: a stopping worker takes on no job, so none should wait for it.
+        withdrawing = asyncio.create_task(self._withdraw(), name=f"withdraw-{self.id}")
         if self._claimer is not None:
             await asyncio.gather(self._claimer, return_exceptions=True)
         pending = [run.task for run in self.runs.values() if run.task]
@@ -154,9 +178,52 @@ class Worker:
             task.cancel()
         if self.launcher is not None:
             await self.launcher.stop()
+        await withdrawing
         with contextlib.suppress(PyMongoError):
             await self.db.worker.delete_one({"_id": self.id})
         log.info("worker %s stopped", self.id)
+
+    # -- offering ------------------------------------------------------------
+
+    def _offer_again(self) -> None:
+        """Write this worker's offer (again) in the background, unless that is under way or it stops."""
+        if self._stopping or (self._offering is not None and not self._offering.done()):
+            return
+        self._offering = asyncio.create_task(self._offer(), name=f"offer-{self.id}")
+
+    async def _offer(self) -> None:
+        warned = False
+        while not self._stopping:
+            try:
+                await registry.sync(self.db, self.classes, provider=self.provider)
+                if warned:
+                    log.info("worker %s offers its %d job classes now", self.id, len(self.classes))
+                return
+            except PyMongoError as exc:
+                if not warned:
+                    log.warning("worker %s cannot offer its job classes in the registry (%s); retrying every "
+                                "%g s", self.id, exc, _RETRY_SECONDS)
+                    warned = True
+                await asyncio.sleep(_RETRY_SECONDS)
+
+    async def _withdraw(self) -> None:
+        """Withdraw this worker's offer, retried for ``_WITHDRAW_SECONDS``; then leave it to expire."""
+        if self._offering is not None:
+            self._offering.cancel()
+            await asyncio.gather(self._offering, return_exceptions=True)
+        error: Exception | None = None
+        try:
+            async with asyncio.timeout(_WITHDRAW_SECONDS):
+                while True:
+                    try:
+                        await registry.withdraw(self.db, self.id)
+                        return
+                    except PyMongoError as exc:
+                        error = exc
+                        await asyncio.sleep(_RETRY_SECONDS)
+        except TimeoutError:
+            log.warning("worker %s could not withdraw its offer of job classes (%s); it expires with the "
+                        "worker's heartbeat within %g s", self.id, error or "timeout", self.config.lease_seconds)
 
     # -- claiming --------------------------------------------------------
 

@@ -129,11 +129,18 @@ async def test_a_user_removed_in_another_process_is_refused_promptly(deck, other
     assert "no longer exists" in reply.json()["error"]
 
 
+async def make_unavailable(db: Database, classes: dict[str, Any]) -> None:
+    """Make ``classes`` unavailable the way it happens: their last provider offers them, then withdraws."""
+    provider = registry.Provider("elsewhere:1:aa", "worker", "elsewhere")
+    await registry.sync(db, classes, provider=provider)
+    await registry.withdraw(db, provider.id)
+
+
 async def test_a_job_class_invalidated_in_another_process_is_refused_then_accepted_again(deck, other, team,
                                                                                         job_classes):
     async with client(deck, headers=bearer(deck, team["admin"])) as http:
         assert (await enqueue(http)).status_code == 200
-        await registry.sync(other, {name: cls for name, cls in job_classes.items() if name != DUMMY})
+        await make_unavailable(other, job_classes)
         reply = await answers(http, "POST", "/job", 404, json={"qual_name": DUMMY, "follow": False})
         assert "no longer available" in reply.json()["error"]
         await registry.sync(other, job_classes)
@@ -162,7 +169,7 @@ async def test_without_change_streams_a_change_elsewhere_counts_within_stale_sec
     async with client(streamless, auth=("executor", "exec-pw")) as http:
         assert (await enqueue(http)).status_code == 200
         await users.set_active(other, "executor", False, actor="t")
-        await registry.sync(other, {})
+        await make_unavailable(other, registry.discover())
         changed = time.monotonic()
         await answers(http, "POST", "/job", 401, timeout=0.5 + 2.0, json={"qual_name": DUMMY, "follow": False})
         assert time.monotonic() - changed < 0.5 + 2.0
@@ -180,7 +187,7 @@ async def test_a_change_made_in_this_process_counts_at_once_even_without_a_strea
         assert (await enqueue(http)).status_code == 401
     async with client(streamless, headers=bearer(streamless, team["admin"])) as http:
         assert (await enqueue(http)).status_code == 200
-        await registry.sync(db, {})
+        await make_unavailable(db, registry.discover())
         assert (await enqueue(http)).status_code == 404
 
 

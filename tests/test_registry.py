@@ -1,20 +1,27 @@
-"""The registry: discovering job classes, their argument schemas, syncing them, checking arguments."""
+"""The registry: discovering job classes, their argument schemas, syncing them, who offers them, checking arguments."""
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import sys
+import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 import pytest
+from pymongo import AsyncMongoClient
 
 from core import queue, registry
+from core.config import Config
 from core.db import Database
 from core.errors import BadArgument, NotFound
+from core.worker import Worker
 import jobs.example
 from jobs import Job
 from jobs.example import DeferJob, DummyJob
-from tests.conftest import make_package
+from tests.conftest import make_package, wait_for
 
 ADMIN = queue.operator("test")
 EXAMPLES = {f"jobs.example.{name}" for name in jobs.example.__all__}
@@ -88,14 +95,19 @@ def test_discover_loads_configured_packages_and_skips_a_broken_module(
         cleanup_modules: None) -> None:
     package = make_package(tmp_path, monkeypatch, {"good": GOOD_MODULE, "broken": BROKEN_MODULE})
 
-    with caplog.at_level(logging.ERROR, logger="core.registry"):
+    with caplog.at_level(logging.DEBUG, logger="core.registry"):
         found = registry.discover([package])
 
     assert set(found) == EXAMPLES | {f"{package}.good.Flexible"}
-    messages = [r.getMessage() for r in caplog.records]
-    assert f"cannot import job module {package}.broken" in messages
-    broken = next(r for r in caplog.records if r.getMessage().endswith(".broken"))
-    assert "broken on purpose" in str(broken.exc_info[1])
+    assert found.import_errors == [{"module": f"{package}.broken",
+                                    "error": "RuntimeError: this job module is broken on purpose"}]
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [r.getMessage() for r in errors] == [
+        f"cannot import job module {package}.broken of package {package}: RuntimeError: this job module is "
+        "broken on purpose; its jobs are left out"]
+    assert errors[0].exc_info is None  # one line; the traceback goes to DEBUG
+    [traceback] = [r for r in caplog.records if r.levelno == logging.DEBUG]
+    assert "broken on purpose" in str(traceback.exc_info[1])
 
 
 def test_discover_logs_and_skips_a_package_that_does_not_exist(caplog: pytest.LogCaptureFixture) -> None:
@@ -103,7 +115,27 @@ def test_discover_logs_and_skips_a_package_that_does_not_exist(caplog: pytest.Lo
         found = registry.discover(["no_such_package_here"])
 
     assert set(found) == EXAMPLES
-    assert "cannot import job package no_such_package_here" in [r.getMessage() for r in caplog.records]
+    assert found.import_errors == [{"module": "no_such_package_here",
+                                    "error": "ModuleNotFoundError: No module named 'no_such_package_here'"}]
+    assert [r.getMessage() for r in caplog.records] == [
+        "cannot import job package no_such_package_here: ModuleNotFoundError: No module named "
+        "'no_such_package_here'; its jobs are left out"]
+
+
+def test_discover_records_a_broken_subpackage_once_and_can_stay_quiet(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        cleanup_modules: None) -> None:
+    package = make_package(tmp_path, monkeypatch, {"good": GOOD_MODULE})
+    (tmp_path / package / "sub").mkdir()
+    (tmp_path / package / "sub" / "__init__.py").write_text("import no_such_dependency\n")
+
+    with caplog.at_level(logging.DEBUG, logger="core.registry"):
+        found = registry.discover([package], log_errors=False)
+
+    assert f"{package}.good.Flexible" in found
+    assert found.import_errors == [{"module": f"{package}.sub",
+                                    "error": "ModuleNotFoundError: No module named 'no_such_dependency'"}]
+    assert caplog.records == []
 
 
 def test_discover_lists_jobs_once_when_jobs_is_also_configured() -> None:
@@ -190,20 +222,19 @@ async def test_sync_writes_an_entry_per_class(db: Database) -> None:
     assert (await registry.get_valid(db, "jobs.example.DeferJob"))["defaults"]["defer_time"] == 1.0
 
 
-async def test_sync_marks_vanished_classes_invalid_and_enqueue_refuses_them(db: Database) -> None:
+async def test_sync_without_a_provider_adds_and_revalidates_but_never_invalidates(db: Database) -> None:
     classes = registry.discover()
     await registry.sync(db, classes)
     fewer = {name: cls for name, cls in classes.items() if name != "jobs.example.FailJob"}
 
-    assert await registry.sync(db, fewer) == {"valid": len(EXAMPLES) - 1, "invalidated": 1}
+    assert await registry.sync(db, fewer) == {"valid": len(EXAMPLES) - 1, "invalidated": 0}
 
-    entry = await db.registry.find_one({"_id": "jobs.example.FailJob"})
-    assert entry["valid"] is False
-    assert "jobs.example.FailJob" not in [e["_id"] for e in await registry.list_entries(db)]
-    assert "jobs.example.FailJob" in [e["_id"] for e in await registry.list_entries(db, valid_only=False)]
-    with pytest.raises(NotFound, match=r"'jobs.example.FailJob' is no longer available"):
+    assert "jobs.example.FailJob" in [e["_id"] for e in await registry.list_entries(db)]
+    await queue.enqueue(db, "jobs.example.FailJob", user=ADMIN)
+    await db.registry.update_one({"_id": "jobs.example.FailJob"}, {"$set": {"valid": False}})
+    with pytest.raises(NotFound, match=r"'jobs.example.FailJob' is no longer available: no worker or server"):
         await queue.enqueue(db, "jobs.example.FailJob", user=ADMIN)
-    await queue.enqueue(db, "jobs.example.DummyJob", user=ADMIN)
+    assert "jobs.example.FailJob" in [e["_id"] for e in await registry.list_entries(db, valid_only=False)]
 
     assert await registry.sync(db, classes) == {"valid": len(EXAMPLES), "invalidated": 0}
     await queue.enqueue(db, "jobs.example.FailJob", user=ADMIN)
@@ -317,3 +348,268 @@ def test_check_args_refuses_values_that_are_not_json() -> None:
         registry.check_args(TYPED, {"name": "n", "anything": {1, 2}})
     with pytest.raises(BadArgument, match="args must be JSON"):
         registry.check_args(OPEN, {"when": object()})
+
+
+# --- offers: who offers a class, and when it becomes unavailable ---------------------------
+
+ACME_MODULE = '''
+from jobs import Job
+
+
+class Report(Job):
+    """Writes the monthly report (only some workers have this package)."""
+
+    def execute(self, month: int = 1) -> dict:
+        return {"month": month}
+'''
+
+
+@pytest.fixture
+def acme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cleanup_modules: None) -> str:
+    """A job package only some workers have: its ``Report`` class's qual_name."""
+    return f"{make_package(tmp_path, monkeypatch, {'report': ACME_MODULE})}.report.Report"
+
+
+@pytest.fixture
+async def workers(db: Database, config: Config) -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
+    """``await workers(classes)`` starts a worker offering ``classes`` (stopped at teardown unless stopped).
+
+    ``app``: the worker gets a client of its own with this appName, for a
+    fail point to aim at (any fail point is switched off at teardown).
+    """
+    started: list[Worker] = []
+    clients: list[Database] = []
+
+    async def start(classes: dict[str, Any], *, app: str | None = None, lease_seconds: float = 5.0) -> Worker:
+        handle = db
+        if app is not None:
+            # A quick monitor: after an error like ShutdownInProgress the driver pauses the pool until
+            # the monitor sees the server again (10 s by default).
+            handle = Database(AsyncMongoClient(config.mongo_url, appname=app, tz_aware=True, tzinfo=timezone.utc,
+                                               w="majority", serverSelectionTimeoutMS=5000,
+                                               heartbeatFrequencyMS=500), config.database)
+            clients.append(handle)
+        settings = dataclasses.replace(config, job_start="spawn", lease_seconds=lease_seconds,
+                                       heartbeat_seconds=0.2)
+        worker = Worker(handle, settings, classes=classes, slots=1, kill_grace=0.2, shutdown_grace=0.2,
+                        poll_seconds=0.2)
+        await worker.start()
+        started.append(worker)
+        return worker
+
+    yield start
+    await db.client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+    for worker in started:
+        if not worker._stopping:
+            await worker.stop()
+    for handle in clients:
+        await handle.close()
+
+
+async def entry_of(db: Database, qual_name: str) -> dict[str, Any]:
+    return await db.registry.find_one({"_id": qual_name})
+
+
+async def workers_of(db: Database, qual_name: str) -> list[str]:
+    """The ids of the live workers ``list_entries`` says offer ``qual_name``."""
+    entries = {e["_id"]: e for e in await registry.list_entries(db, valid_only=False)}
+    return sorted(w["id"] for w in entries[qual_name]["workers"])
+
+
+async def test_a_second_worker_without_a_package_leaves_the_first_workers_classes_valid(
+        db: Database, acme: str, workers: Any, caplog: pytest.LogCaptureFixture) -> None:
+    package = acme.split(".")[0]
+    first = await workers(registry.discover([package]))
+    second = await workers(registry.discover())
+
+    assert (await entry_of(db, acme))["valid"] is True
+    job = await queue.enqueue(db, acme, {"month": 3}, user=ADMIN)
+    assert job["state"] == "pending"
+    assert await workers_of(db, acme) == [first.id]
+    assert await workers_of(db, "jobs.example.DummyJob") == sorted([first.id, second.id])
+
+    with caplog.at_level(logging.WARNING, logger="core.registry"):
+        await first.stop()
+
+    assert (await entry_of(db, acme))["valid"] is False
+    with pytest.raises(NotFound, match="is no longer available"):
+        await queue.enqueue(db, acme, user=ADMIN)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"job class {acme} is no longer available: {first.id} withdrew the last offer of it; enqueue refuses "
+        "it until a process with the class offers it again"]
+    assert await workers_of(db, "jobs.example.DummyJob") == [second.id]
+    await queue.enqueue(db, "jobs.example.DummyJob", {"sleep": 0}, user=ADMIN)
+
+
+async def test_a_class_stays_valid_until_its_last_provider_stops(db: Database, acme: str, workers: Any) -> None:
+    classes = registry.discover([acme.split(".")[0]])
+    first = await workers(classes)
+    second = await workers(classes)
+
+    await first.stop()
+    assert (await entry_of(db, acme))["valid"] is True
+    assert await workers_of(db, acme) == [second.id]
+    await queue.enqueue(db, acme, user=ADMIN)
+
+    await second.stop()
+    entry = await entry_of(db, acme)
+    assert entry["valid"] is False and entry["offered_by"] == []
+
+
+async def test_a_server_keeps_its_classes_offered_until_it_withdraws(db: Database, acme: str) -> None:
+    classes = registry.discover([acme.split(".")[0]])
+    server = registry.Provider.server(8080)
+    await registry.sync(db, classes, provider=server)
+    await registry.expire_offers(db, 0.001)  # a server has no heartbeat: its offer does not expire
+
+    assert (await entry_of(db, acme))["valid"] is True
+    assert await workers_of(db, acme) == []  # accepted, but no worker runs it yet
+    # The same server again, now without the package: its old offer of the class goes.
+    assert await registry.sync(db, registry.discover(), provider=server) == {"valid": len(EXAMPLES),
+                                                                           "invalidated": 1}
+    assert (await entry_of(db, acme))["valid"] is False
+    assert await registry.withdraw(db, server.id) == sorted(EXAMPLES)
+
+
+async def test_a_crashed_workers_offer_expires_with_its_lease(db: Database, acme: str, workers: Any,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    classes = registry.discover([acme.split(".")[0]])
+    # A worker that offered the class, then crashed: its heartbeat stops.
+    crashed = registry.Provider("crashed:1:ab", "worker", "elsewhere")
+    await db.worker.insert_one({"_id": crashed.id, "host": "elsewhere", "heartbeat": datetime.now(timezone.utc)})
+    await registry.sync(db, classes, provider=crashed)
+    assert await workers_of(db, acme) == [crashed.id]
+    began = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="core.registry"):
+        survivor = await workers(registry.discover(), lease_seconds=1.0)  # no acme package
+        assert (await entry_of(db, acme))["valid"] is True  # starting never invalidates
+
+        entry = await wait_for(lambda: db.registry.find_one({"_id": acme, "valid": False}), timeout=10,
+                               message="the crashed worker's offer to expire")
+
+    assert time.monotonic() - began >= 1.0
+    assert entry["offered_by"] == []
+    with pytest.raises(NotFound, match="is no longer available"):
+        await queue.enqueue(db, acme, user=ADMIN)
+    assert f"job class {acme} is no longer available: no live process offers it (the workers {crashed.id} " \
+           "are gone); enqueue refuses it until a process with the class offers it again" in caplog.messages
+    # The dead offers of the classes the survivor also offers went; its own stayed.
+    assert [o["id"] for o in (await entry_of(db, "jobs.example.DummyJob"))["offered_by"]] == [survivor.id]
+
+
+async def test_expire_offers_keeps_live_offers_heals_a_live_class_and_skips_malformed_entries(
+        db: Database, acme: str) -> None:
+    classes = registry.discover([acme.split(".")[0]])
+    now = await db.server_time()
+    live = registry.Provider("live:1:aa", "worker", "h")
+    await db.worker.insert_one({"_id": live.id, "host": "h", "heartbeat": now})
+    await registry.sync(db, classes, provider=live)
+    await db.registry.update_one({"_id": acme}, {"$set": {"valid": False}})
+    await db.registry.insert_one({"_id": "odd.Entry", "valid": True, "offered_by": [{"kind": "worker"}]})
+    await db.registry.insert_one({"_id": "old.Entry", "valid": True})  # an older jobdeck's: no offers
+
+    assert await registry.expire_offers(db, 30, now=now) == ["old.Entry"]
+
+    assert (await entry_of(db, acme))["valid"] is True
+    assert (await entry_of(db, "odd.Entry"))["valid"] is True
+    assert (await entry_of(db, "old.Entry"))["valid"] is False
+
+
+async def test_a_class_registered_but_offered_by_no_live_worker_is_accepted_and_waits(
+        db: Database, acme: str, workers: Any) -> None:
+    await registry.sync(db, registry.discover([acme.split(".")[0]]))  # the command line: offers nothing
+    await workers(registry.discover())  # a worker without the package
+
+    job = await queue.enqueue(db, acme, {"month": 2}, user=ADMIN)
+    await workers(registry.discover())  # another start: still no invalidation
+
+    assert await workers_of(db, acme) == []
+    assert (await entry_of(db, acme))["valid"] is True
+    await asyncio.sleep(0.5)  # a few claim rounds: no worker has the class, so none takes the job
+    assert (await db.queue.find_one({"_id": job["_id"]}))["state"] == "pending"
+    with pytest.raises(NotFound, match="unknown job 'testjobs_nope.Never'"):
+        await queue.enqueue(db, "testjobs_nope.Never", user=ADMIN)
+
+
+async def test_listing_shows_live_workers_only_and_hosts_to_admins_only(db: Database, workers: Any) -> None:
+    worker = await workers(registry.discover())
+    dead = registry.Provider("dead:1:ab", "worker", "gone")
+    await db.worker.insert_one({"_id": dead.id, "host": "gone",
+                                "heartbeat": datetime.now(timezone.utc) - timedelta(minutes=5)})
+    await registry.sync(db, registry.discover(), provider=dead)
+    reader = {"name": "r", "roles": [], "perms": ["job:jobs.example.*:x"], "active": True}
+
+    admin_page = await registry.list_page(db, user=ADMIN, search="DummyJob", lease_seconds=5)
+    reader_page = await registry.list_page(db, user=reader, search="DummyJob", lease_seconds=5)
+
+    [entry] = admin_page.items
+    assert entry["workers"] == [{"id": worker.id, "host": worker.host}] and "offered_by" not in entry
+    assert reader_page.items[0]["workers"] == [{"id": worker.id}]
+    with pytest.raises(BadArgument, match="offered_by"):
+        await registry.list_page(db, user=ADMIN, filter={"offered_by.id": worker.id})
+
+
+async def test_a_different_schema_from_another_version_is_logged(db: Database,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    await registry.sync(db, registry.discover())
+    await db.registry.update_one({"_id": "jobs.example.DummyJob"}, {"$set": {"schema": {"params": [],
+                                                                                        "extra": True}}})
+    with caplog.at_level(logging.WARNING, logger="core.registry"):
+        await registry.sync(db, registry.discover(), provider=registry.Provider("w:1:aa", "worker", "h"))
+
+    assert caplog.messages == ["job class jobs.example.DummyJob: its arguments differ from the registered ones "
+                               "(another version of its code?); the w:1:aa's ones apply"]
+    assert (await entry_of(db, "jobs.example.DummyJob"))["schema"] == registry.schema(DummyJob)
+
+
+# --- offers under database faults -------------------------------------------------------------
+
+async def test_a_worker_whose_offer_fails_to_be_written_retries_until_it_is_in(
+        db: Database, acme: str, workers: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # The first update (the worker's document) goes through, the next two (its offer) fail.
+    await db.client.admin.command({"configureFailPoint": "failCommand", "mode": {"skip": 1, "times": 2},
+                                   "data": {"failCommands": ["update"], "appName": "offer-faults",
+                                            "errorCode": 91}})
+    with caplog.at_level(logging.WARNING, logger="core.worker"):
+        worker = await workers(registry.discover([acme.split(".")[0]]), app="offer-faults")
+
+    assert await workers_of(db, acme) == [worker.id]
+    await queue.enqueue(db, acme, user=ADMIN)
+    assert any("cannot offer its job classes in the registry" in m for m in caplog.messages)
+
+
+async def test_an_offer_that_cannot_be_withdrawn_expires_once_the_worker_is_gone(
+        db: Database, acme: str, workers: Any, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr("core.worker._WITHDRAW_SECONDS", 1.0)
+    survivor = await workers(registry.discover(), lease_seconds=1.0)
+    leaving = await workers(registry.discover([acme.split(".")[0]]), app="withdraw-faults")
+    await db.client.admin.command({"configureFailPoint": "failCommand", "mode": "alwaysOn",
+                                   "data": {"failCommands": ["update"], "appName": "withdraw-faults",
+                                            "errorCode": 91}})
+    with caplog.at_level(logging.WARNING, logger="core.worker"):
+        await leaving.stop()
+
+    assert any(f"worker {leaving.id} could not withdraw its offer" in m for m in caplog.messages)
+    assert await db.worker.find_one({"_id": leaving.id}) is None
+    # The offer is still there, but its worker is gone: the survivor drops it within a lease or two.
+    await wait_for(lambda: db.registry.find_one({"_id": acme, "valid": False}), timeout=10,
+                   message="the offer of the stopped worker to expire")
+    assert [o["id"] for o in (await entry_of(db, "jobs.example.DummyJob"))["offered_by"]] == [survivor.id]
+
+
+async def test_a_worker_cut_off_for_longer_than_a_lease_offers_its_classes_again(
+        db: Database, acme: str, workers: Any) -> None:
+    survivor = await workers(registry.discover(), lease_seconds=1.0)
+    cut_off = await workers(registry.discover([acme.split(".")[0]]), app="cut-off", lease_seconds=1.0)
+    await db.client.admin.command({"configureFailPoint": "failCommand", "mode": "alwaysOn",
+                                   "data": {"failCommands": ["update"], "appName": "cut-off", "errorCode": 91}})
+    await wait_for(lambda: db.registry.find_one({"_id": acme, "valid": False}), timeout=10,
+                   message="the survivor to drop the offer of the silent worker")
+
+    await db.client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+
+    await wait_for(lambda: db.registry.find_one({"_id": acme, "valid": True}), timeout=10,
+                   message="the worker to offer its classes again")
+    assert await workers_of(db, acme) == [cut_off.id]
+    assert survivor.id in await workers_of(db, "jobs.example.DummyJob")
