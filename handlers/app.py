@@ -81,12 +81,15 @@ class Server:
     """The HTTP server of one process: ``await start()``, then ``await stop()``."""
 
     def __init__(self, config: Config, db: Database, *, auth: Authenticator | None = None,
-                 routes: list[tuple[str, type]] = ROUTES, keepalive: float = 15.0) -> None:
+                 routes: list[tuple[str, type]] = ROUTES, keepalive: float = 15.0,
+                 job_import_errors: list[dict[str, str]] | None = None) -> None:
+        """``job_import_errors``: the job modules this process could not import (``GET /health`` shows them)."""
         self.config = config
         self.db = db
         self.auth = auth
         self.routes = routes
         self.keepalive = keepalive
+        self.job_import_errors = list(job_import_errors or [])
         self.hub = Hub(db)
         #: What every request reads, kept fresh by the hub (see ``core.cache``).
         self.user_cache = Cache(db, "user", hub=self.hub)
@@ -104,7 +107,8 @@ class Server:
                                       token_seconds=self.config.token_hours * 3600, user_cache=self.user_cache)
         await self.hub.start()
         self.services = services = Services(self.config, self.db, self.auth, self.hub, keepalive=self.keepalive,
-                                            registry_cache=self.registry_cache, job_inserts=self.job_inserts)
+                                            registry_cache=self.registry_cache, job_inserts=self.job_inserts,
+                                            job_import_errors=self.job_import_errors)
         ssl_options = None
         if self.config.tls:
             ssl_options = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -150,7 +150,8 @@ class RegistryHandler(_JobBase):
 
     async def get(self) -> None:
         args = self.list_args()
-        self.reply_page(await registry.list_page(self.services.db, user=self.current_user, **args))
+        self.reply_page(await registry.list_page(self.services.db, user=self.current_user,
+                                                 lease_seconds=self.services.config.lease_seconds, **args))
 
 
 class QueueHandler(_JobBase):

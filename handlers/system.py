@@ -26,6 +26,8 @@ class HealthHandler(BaseHandler):
     async def get(self) -> None:
         data = await self.services.db.health()
         data["uptime"] = round(time.monotonic() - self.services.started, 3)
+        # This process's own: the job modules it could not import at start.
+        data["job_import_errors"] = self.services.job_import_errors
         self.reply(data)
 
 

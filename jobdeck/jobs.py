@@ -12,8 +12,10 @@ from datetime import datetime
 from typing import Any, AsyncIterator
 
 import click
+from pymongo.errors import PyMongoError
 
 from core import journal, logs, queue, registry, stats
+from core.config import Config
 from core.db import Database
 from core.encoding import dumps
 from core.errors import BadArgument, JobdeckError
@@ -53,6 +55,24 @@ def parse_job_args(items: tuple[str, ...]) -> dict[str, Any]:
         except ValueError:
             args[key] = text  # a bare word is a string
     return args
+
+
+async def _register(db: Database, config: Config) -> registry.Discovery:
+    """Register the classes of the configured job packages, offering none (see ``core.registry``).
+
+    So that an enqueue never depends on a worker having started first. Prints
+    the job modules that cannot be imported here; a failed write is only a
+    warning (the registry is used as it is).
+    """
+    found = registry.discover(config.job_packages, log_errors=False)
+    for failure in found.import_errors:
+        click.echo(f"warning: cannot import job module {failure['module']}: {failure['error']}", err=True)
+    try:
+        await registry.sync(db, found)
+    except PyMongoError as exc:
+        click.echo(f"warning: cannot register the job classes found here ({exc}); "
+                   "using the registry as it is", err=True)
+    return found
 
 
 def _row(job: dict[str, Any]) -> dict[str, Any]:
@@ -125,14 +145,17 @@ def enqueue(qual_name: str, args: tuple[str, ...], follow_: bool, as_json: bool,
     job_args = parse_job_args(args)
     given = {k: v for k, v in options.items() if v is not None}
 
+    config = load_config()
+
     async def work(db: Database) -> tuple[dict[str, Any], str | None]:
+        await _register(db, config)
         job = await queue.enqueue(db, qual_name, job_args, user=_user(), **given)
         if not follow_:
             return job, None
         final = await _follow(db, job["_id"], as_json=as_json)
         return await queue.get(db, job["_id"], user=_user()), final
 
-    job, final = run_with_database(load_config(), work)
+    job, final = run_with_database(config, work)
     if as_json:
         print_json(job)
     elif not follow_:
@@ -372,19 +395,35 @@ def restart(job_ids: tuple[str, ...], as_json: bool) -> None:
 
 
 @cli.command("jobs")
-@click.option("--all", "show_all", is_flag=True, help="Also list jobs whose class vanished.")
+@click.option("--all", "show_all", is_flag=True, help="Also list jobs no process offers any more.")
 @click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
 @config_option
 def jobs_(show_all: bool, as_json: bool) -> None:
-    """List the jobs that can be enqueued, with their arguments."""
-    entries = run_with_database(load_config(), lambda db: registry.list_entries(db, valid_only=not show_all))
+    """List the jobs that can be enqueued, with their arguments and the live workers that run them.
+
+    WORKERS 'none': no live worker has the class; its jobs wait until one
+    comes. Job modules that cannot be imported, here or by a live worker, are
+    named on stderr.
+    """
+    config = load_config()
+
+    async def work(db: Database) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        await _register(db, config)
+        entries = await registry.list_entries(db, valid_only=not show_all, lease_seconds=config.lease_seconds)
+        return entries, await registry.worker_import_errors(db, config.lease_seconds)
+
+    entries, broken = run_with_database(config, work)
+    for failure in broken:
+        click.echo(f"warning: worker {failure['worker']} cannot import job module {failure['module']}: "
+                   f"{failure['error']}", err=True)
     if as_json:
         print_json(entries)
         return
     rows = [{"qual_name": e["_id"], "valid": e["valid"], "arguments": ", ".join(
         f"{p['name']}: {p['type']}" + ("" if p["required"] else f" = {json.dumps(p.get('default'))}")
-        for p in e["schema"]["params"]), "doc": (e.get("doc") or "").split("\n")[0]} for e in entries]
-    print_table(rows, ["qual_name", "arguments", "doc"] + (["valid"] if show_all else []))
+        for p in e["schema"]["params"]), "doc": (e.get("doc") or "").split("\n")[0],
+        "workers": ", ".join(worker["id"] for worker in e["workers"]) or "none"} for e in entries]
+    print_table(rows, ["qual_name", "arguments", "workers", "doc"] + (["valid"] if show_all else []))
 
 
 @cli.command("stats")

@@ -4,9 +4,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from typing import Callable
+from typing import Any, Awaitable, Callable
 
 import click
+from pymongo.errors import PyMongoError
 
 from core import registry, users
 from core.config import Config
@@ -48,19 +49,22 @@ async def _run(config: Config, url: str, *, http: bool, slots: int | None) -> No
     try:
         await db.setup(log_retention_days=config.log_retention_days)
         classes = registry.discover(config.job_packages)
-        await registry.sync(db, classes)
         server = worker = None
+        # serve offers its job classes itself; up's worker offers them as it starts.
+        as_server = registry.Provider.server(config.port) if http and not slots else None
         if http:
+            # Registered before the server answers, so that a first request finds them.
+            await _retried("registering the job classes", lambda: registry.sync(db, classes, provider=as_server))
             generated = await users.bootstrap_admin(db, config.admin_password)
             if generated:
                 click.secho(f"Created user 'admin' with password: {generated}\n"
                             "It is shown only this once. Change it with: jobdeck user passwd admin",
                             fg="yellow", err=True)
-            server = Server(config, db)
+            server = Server(config, db, job_import_errors=classes.import_errors)
             await server.start()
             click.echo(f"jobdeck serving {server.url} (database {config.database} at {url})", err=True)
         if slots:
-            worker = Worker(db, config, classes=classes, slots=slots,
+            worker = Worker(db, config, classes=classes, slots=slots, import_errors=classes.import_errors,
                             kill_grace=config.kill_grace_seconds, shutdown_grace=config.shutdown_grace_seconds)
             await worker.start()
             click.echo(f"worker {worker.id} running {slots} slots for {len(classes)} job classes", err=True)
@@ -75,8 +79,24 @@ async def _run(config: Config, url: str, *, http: bool, slots: int | None) -> No
             hurry.cancel()
         if server is not None:
             await server.stop()
+        if as_server is not None:
+            await _retried("withdrawing the server's offer", lambda: registry.withdraw(db, as_server.id))
     finally:
         await db.close()
+
+
+async def _retried(what: str, write: Callable[[], Awaitable[Any]], seconds: float = 5.0) -> None:
+    """``await write()``, retried every half second for ``seconds`` on a database error; then a warning."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            await write()
+            return
+        except PyMongoError as exc:
+            if time.monotonic() >= deadline:
+                click.echo(f"warning: {what} failed ({exc}); going on without", err=True)
+                return
+            await asyncio.sleep(0.5)
 
 
 def _main(http: bool, slots: Callable[[Config], int | None]) -> None:

@@ -348,11 +348,12 @@ def test_journal_lists_the_killed_jobs(run: Callable[..., Result]) -> None:
 
 def test_jobs_lists_the_example_jobs_with_their_arguments(run: Callable[..., Result]) -> None:
     lines = ok(run("jobs")).splitlines()
-    assert lines[0].split() == ["QUAL_NAME", "ARGUMENTS", "DOC"]
+    assert lines[0].split() == ["QUAL_NAME", "ARGUMENTS", "WORKERS", "DOC"]
     rows = {line.split()[0]: line for line in lines[1:]}
     assert EXAMPLES <= set(rows)
     assert "sleep: float = 3, loop_time: float = 0.5, message: str = \"dummy\"" in rows[DUMMY]
     assert "Sleeps for a while" in rows[DUMMY]
+    assert " none " in rows[DUMMY]  # no worker runs here: its jobs would wait
 
     entries = {entry["qual_name"]: entry for entry in as_json(run("jobs", "--json"))}
     assert EXAMPLES <= set(entries)
@@ -360,6 +361,7 @@ def test_jobs_lists_the_example_jobs_with_their_arguments(run: Callable[..., Res
     assert list(params) == ["sleep", "loop_time", "message"]
     assert params["sleep"]["type"] == "float" and params["sleep"]["default"] == 3
     assert entries[DUMMY]["valid"] is True and ISO_UTC.match(entries[DUMMY]["updated_at"])
+    assert entries[DUMMY]["workers"] == []
 
 
 def test_stats_json_counts_match_the_queue_and_the_journal(run: Callable[..., Result]) -> None:
