@@ -80,7 +80,7 @@ if TYPE_CHECKING:
     from core.db import Database
 
 __all__ = ["Discovery", "Provider", "discover", "schema", "sync", "withdraw", "expire_offers", "get_valid",
-           "check_args", "list_entries", "list_page", "worker_import_errors", "ALWAYS", "REGISTRY_FIELDS"]
+           "check_args", "args_from_text", "list_entries", "list_page", "worker_import_errors", "ALWAYS", "REGISTRY_FIELDS"]
 
 log = logging.getLogger(__name__)
 
@@ -507,6 +507,28 @@ def check_args(entry: dict[str, Any], args: Any) -> dict[str, Any]:
         json.dumps(args)
     except (TypeError, ValueError) as exc:
         raise BadArgument(f"args must be JSON: {exc}") from None
+    return args
+
+
+def args_from_text(entry: dict[str, Any], texts: dict[str, str]) -> dict[str, Any]:
+    """Arguments typed on a command line (``NAME=VALUE``), read by the job's schema.
+
+    A ``str`` argument takes the text as it is (``month=202611`` is the string
+    "202611"); any other is read as JSON (``sleep=2``, ``dry_run=true``,
+    ``ids=[1,2]``), and kept as text if it is not JSON, so that ``check_args``
+    names the argument and the type it expected. An argument of type "any",
+    or one the schema does not name, is JSON if it parses and text otherwise.
+    """
+    kinds = {param["name"]: param["type"] for param in entry["schema"]["params"]}
+    args: dict[str, Any] = {}
+    for name, text in texts.items():
+        if kinds.get(name) == "str":
+            args[name] = text
+            continue
+        try:
+            args[name] = json.loads(text)
+        except ValueError:
+            args[name] = text
     return args
 
 

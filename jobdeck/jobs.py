@@ -35,8 +35,9 @@ def _user() -> dict[str, Any]:
     return queue.operator(actor())
 
 
-def parse_job_args(items: tuple[str, ...]) -> dict[str, Any]:
-    """Job arguments from ``k=v`` pairs (values read as JSON when they parse) or one JSON object."""
+def parse_job_args(items: tuple[str, ...], entry: dict[str, Any]) -> dict[str, Any]:
+    """Job arguments from one JSON object, or ``NAME=VALUE`` pairs read by the schema of the
+    registry ``entry`` (``registry.args_from_text``)."""
     if len(items) == 1 and items[0].lstrip().startswith("{"):
         try:
             value = json.loads(items[0])
@@ -45,16 +46,13 @@ def parse_job_args(items: tuple[str, ...]) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise BadArgument("job arguments must be a JSON object")
         return value
-    args: dict[str, Any] = {}
+    texts: dict[str, str] = {}
     for item in items:
         key, eq, text = item.partition("=")
         if not eq or not key:
             raise BadArgument(f"bad job argument {item!r}: expected NAME=VALUE (or one JSON object)")
-        try:
-            args[key] = json.loads(text)
-        except ValueError:
-            args[key] = text  # a bare word is a string
-    return args
+        texts[key] = text
+    return registry.args_from_text(entry, texts)
 
 
 async def _register(db: Database, config: Config) -> registry.Discovery:
@@ -142,13 +140,13 @@ def enqueue(qual_name: str, args: tuple[str, ...], follow_: bool, as_json: bool,
       jobdeck enqueue jobs.example.DummyJob sleep=2 --follow
       jobdeck enqueue jobs.example.DummyJob '{"sleep": 2, "message": "hi"}' --priority 5
     """
-    job_args = parse_job_args(args)
     given = {k: v for k, v in options.items() if v is not None}
 
     config = load_config()
 
     async def work(db: Database) -> tuple[dict[str, Any], str | None]:
         await _register(db, config)
+        job_args = parse_job_args(args, await registry.get_valid(db, qual_name))
         job = await queue.enqueue(db, qual_name, job_args, user=_user(), **given)
         if not follow_:
             return job, None
@@ -389,7 +387,6 @@ def restart(job_ids: tuple[str, ...], as_json: bool) -> None:
         if as_json:
             return dumps({"restarted": job_id, "_id": job["_id"], "state": job["state"]})
         return f"{job_id} -> {job['_id']}"
-
 
     _each(job_ids, action)
 

@@ -128,6 +128,14 @@ def test_enqueue_json_prints_one_pending_job_document(run: Callable[..., Result]
     assert shown(run, job["_id"])["args"] == {"sleep": 2, "message": "hi"}
 
 
+def test_enqueue_reads_name_value_pairs_by_the_job_s_schema(run: Callable[..., Result]) -> None:
+    # message is a str: its text as it is, digits and quotes too; sleep is a float: JSON.
+    job = as_json(run("enqueue", DUMMY, "message=202611", "sleep=0.5", "--json"))
+    assert job["args"] == {"message": "202611", "sleep": 0.5}
+    job = as_json(run("enqueue", DUMMY, 'message="quoted"', "--json"))
+    assert job["args"] == {"message": '"quoted"'}
+
+
 def test_enqueue_accepts_one_json_object_as_the_arguments(run: Callable[..., Result]) -> None:
     job = as_json(run("enqueue", DUMMY, '{"sleep": 0.5, "message": "from json"}', "--json"))
     assert job["args"] == {"sleep": 0.5, "message": "from json"}
