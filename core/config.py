@@ -38,6 +38,7 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 5001
     job_packages: list[str] = field(default_factory=list)
+    job_paths: list[str] = field(default_factory=list)
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 5.0
     log_retention_days: float = 30.0
@@ -171,6 +172,8 @@ def _check(key: str, value: Any, base: Path, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
         if key == "trusted_proxies":
             _check_networks(value, where)
+        if key == "job_paths":
+            return _directories(value, base, where)
         return list(value)
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
@@ -211,6 +214,17 @@ def _check_range(key: str, value: Any, where: str) -> None:
         raise ConfigError(f"{where}: a database name cannot contain / \\ . space \" or $, got {value!r}")
     if key == "mongo_url" and value and not value.startswith(("mongodb://", "mongodb+srv://")):
         raise ConfigError(f"{where}: expected a mongodb:// or mongodb+srv:// URL, got {value!r}")
+
+
+def _directories(entries: list[str], base: Path, where: str) -> list[str]:
+    """``entries`` resolved against ``base``; each must be a directory."""
+    resolved = []
+    for entry in entries:
+        path = (base / os.path.expanduser(entry)).resolve()
+        if not path.is_dir():
+            raise ConfigError(f"{where}: {entry!r} is not a directory ({path})")
+        resolved.append(str(path))
+    return resolved
 
 
 def _check_networks(entries: list[str], where: str) -> None:

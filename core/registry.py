@@ -58,6 +58,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import pkgutil
 import socket
 import sys
@@ -79,7 +80,7 @@ if TYPE_CHECKING:
     from core.cache import Cache
     from core.db import Database
 
-__all__ = ["Discovery", "Provider", "discover", "schema", "sync", "withdraw", "expire_offers", "get_valid",
+__all__ = ["Discovery", "Provider", "discover", "add_import_paths", "schema", "sync", "withdraw", "expire_offers", "get_valid",
            "check_args", "args_from_text", "list_entries", "list_page", "worker_import_errors", "ALWAYS", "REGISTRY_FIELDS"]
 
 log = logging.getLogger(__name__)
@@ -117,14 +118,17 @@ class Provider:
                 "at": "$$NOW"}
 
 
-def discover(packages: Iterable[str] = (), *, log_errors: bool = True) -> Discovery:
+def discover(packages: Iterable[str] = (), *, paths: Iterable[str] = (), log_errors: bool = True) -> Discovery:
     """Import ``jobs`` and ``packages`` with their submodules; return their job classes by qual_name.
 
-    A package or module that fails to import is skipped (its jobs are left
-    out) and listed in the result's ``import_errors``. Each is logged as one
-    ERROR line naming it and the exception, with the traceback at DEBUG,
-    unless ``log_errors`` is false (the command line prints them itself).
+    ``paths`` (``job_paths``) are searched first, by this process and by the
+    job processes it starts (see ``add_import_paths``). A package or module
+    that fails to import is skipped (its jobs are left out) and listed in the
+    result's ``import_errors``. Each is logged as one ERROR line naming it and
+    the exception, with the traceback at DEBUG, unless ``log_errors`` is false
+    (the command line prints them itself).
     """
+    add_import_paths(paths)
     found = Discovery()
     failed: dict[str, str] = {}
     for package_name in dict.fromkeys([ALWAYS, *packages]):
@@ -134,6 +138,20 @@ def discover(packages: Iterable[str] = (), *, log_errors: bool = True) -> Discov
                     found[cls.qual_name()] = cls
     found.import_errors = [{"module": name, "error": error} for name, error in failed.items()]
     return found
+
+
+def add_import_paths(paths: Iterable[str]) -> None:
+    """Put ``paths`` first on this process's import path, and on ``PYTHONPATH`` for its children.
+
+    A job process (spawned, or the fork server's launcher) is a fresh
+    interpreter: it finds the job's module through the environment.
+    """
+    paths = [path for path in paths if path not in sys.path]
+    if not paths:
+        return
+    sys.path[:0] = paths
+    os.environ["PYTHONPATH"] = os.pathsep.join([*paths, *filter(None, [os.environ.get("PYTHONPATH")])])
+    importlib.invalidate_caches()
 
 
 def _modules(package_name: str, failed: dict[str, str], log_errors: bool) -> list[types.ModuleType]:

@@ -62,7 +62,7 @@ async def _register(db: Database, config: Config) -> registry.Discovery:
     the job modules that cannot be imported here; a failed write is only a
     warning (the registry is used as it is).
     """
-    found = registry.discover(config.job_packages, log_errors=False)
+    found = registry.discover(config.job_packages, paths=config.job_paths, log_errors=False)
     for failure in found.import_errors:
         click.echo(f"warning: cannot import job module {failure['module']}: {failure['error']}", err=True)
     try:

@@ -48,7 +48,7 @@ async def _run(config: Config, url: str, *, http: bool, slots: int | None) -> No
     db = Database.connect(url, config.database)
     try:
         await db.setup(log_retention_days=config.log_retention_days)
-        classes = registry.discover(config.job_packages)
+        classes = registry.discover(config.job_packages, paths=config.job_paths)
         server = worker = None
         # serve offers its job classes itself; up's worker offers them as it starts.
         as_server = registry.Provider.server(config.port) if http and not slots else None

@@ -420,3 +420,20 @@ def test_loading_the_example_file_gives_the_defaults() -> None:
                  and getattr(config, key) != getattr(defaults, key)}
     assert different == {}
     assert config.source == str(EXAMPLE.resolve())
+
+
+def test_job_paths_are_directories_resolved_against_the_file_or_the_working_directory(tmp_path: Path,
+                                                                                         monkeypatch) -> None:
+    (tmp_path / "etc" / "src").mkdir(parents=True)
+    (tmp_path / "lib").mkdir()
+    path = write(tmp_path / "etc/jobdeck.toml", 'job_paths = ["src"]\n')
+    assert load(path, env={}).job_paths == [str(tmp_path / "etc" / "src")]
+    monkeypatch.chdir(tmp_path)
+    assert load(env={"JOBDECK_JOB_PATHS": "lib, etc/src"}).job_paths == [str(tmp_path / "lib"),
+                                                                         str(tmp_path / "etc" / "src")]
+
+
+def test_a_job_path_that_is_no_directory_is_refused_by_name(tmp_path: Path) -> None:
+    path = write(tmp_path / "jobdeck.toml", 'job_paths = ["missing"]\n')
+    with pytest.raises(ConfigError, match=r"key 'job_paths': 'missing' is not a directory"):
+        load(path, env={})
