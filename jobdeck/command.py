@@ -1,4 +1,4 @@
-"""The ``jobdeck`` command: the group, ``--config``, error reporting and the database runner."""
+"""The ``jobdeck`` command group and what its commands share: ``--config``, error reporting, the database runner."""
 from __future__ import annotations
 
 import asyncio
@@ -16,7 +16,7 @@ from core.db import Database
 from core.embedded import database_url, starting_note
 from core.errors import JobdeckError
 
-__all__ = ["main", "cli", "config_option", "load_config", "run_with_database", "actor", "setup_logging"]
+__all__ = ["cli", "config_option", "load_config", "run_with_database", "actor", "setup_logging"]
 
 T = TypeVar("T")
 _CONFIG_KEY = "jobdeck.config"
@@ -107,8 +107,3 @@ def cli() -> None:
       jobdeck user add alice --perm 'job:jobs.example.*:x'
     """
 
-
-def main() -> None:
-    """Entry point of the ``jobdeck`` console script."""
-    from jobdeck import jobs, service, users  # noqa: F401  (registers the commands)
-    cli(prog_name="jobdeck")

@@ -21,7 +21,7 @@ from core.encoding import dumps
 from core.errors import BadArgument, JobdeckError
 from core.follow import Event, follow, wait_for
 from core.hub import Hub
-from jobdeck.cli import actor, cli, config_option, load_config, run_with_database
+from jobdeck.command import actor, cli, config_option, load_config, run_with_database
 from jobdeck.follow import Printer, exit_code
 from jobdeck.output import cell, print_json, print_table
 

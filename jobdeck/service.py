@@ -16,7 +16,7 @@ from core.embedded import database_url, shared_server, starting_note
 from core.errors import DatabaseUnavailable
 from core.worker import Worker
 from handlers.app import Server
-from jobdeck.cli import cli, config_option, load_config, setup_logging
+from jobdeck.command import cli, config_option, load_config, setup_logging
 
 __all__ = ["up", "serve", "worker", "db"]
 

@@ -10,7 +10,7 @@ from core import users
 from core.blocking import run_blocking
 from core.db import Database
 from core.errors import BadArgument
-from jobdeck.cli import actor, cli, config_option, load_config, run_with_database
+from jobdeck.command import actor, cli, config_option, load_config, run_with_database
 from jobdeck.output import print_json, print_table
 
 __all__ = ["user"]
