@@ -6,9 +6,13 @@ Each event is written as::
     event: state|log|close
     data: <one line of JSON>
 
-and a ``: keepalive`` comment after ``keepalive`` seconds of silence. The
-first event's block also carries ``retry: 2000`` (as a block of its own,
-clients such as httpx-sse would report it as a message without data).
+and a ``: keepalive`` comment line after ``keepalive`` seconds of silence.
+The first event's block also carries ``retry: 2000``. Neither comes as a
+block of its own: clients such as httpx-sse report every block, even one of
+comments only, as a message (without data, with the last event's id), and a
+client that reads each message's data as JSON would fail on it. A comment
+line without the blank line after it keeps the connection busy and belongs
+to the next event's block, where every client ignores it.
 ``await self.flush()`` after every event makes a slow client slow down its own
 follower (which then catches up from the database) instead of growing a
 buffer. When the client goes away, the stream is cancelled at once and its
@@ -39,9 +43,9 @@ RETRY_MS = 2000
 
 
 def format_event(event: Event | None, *, retry: int | None = None) -> str:
-    """The wire form of one event (``None``: a keepalive comment); ``retry``: a ``retry:`` line in its block."""
+    """The wire form of one event (``None``: a keepalive comment line); ``retry``: a ``retry:`` line in its block."""
     if event is None:
-        return ": keepalive\n\n"
+        return ": keepalive\n"
     head = "" if retry is None else f"retry: {retry}\n"
     return f"{head}id: {event.id}\nevent: {event.kind}\ndata: {event.json()}\n\n"
 
