@@ -73,6 +73,11 @@ NOT_RUNNABLE = {
     "$ .venv/bin/python bench/engine.py": "benchmark output: the scripts take minutes, and the figures are "
                                           "those of one machine on one day",
     "apt-get install redis-server": "installs system and Python packages (redis-server, the bench extra)",
+    "batch2:777:1a2b": "needs live workers on several hosts with different job packages; tests/test_registry.py "
+                       "runs two real workers with different packages",
+    "no embedded database runs for data_dir /home/ops/var": "a message whose second sentence depends on which other "
+                                                           "embedded databases run on the machine; "
+                                                           "tests/test_embedded.py checks it",
 }
 
 #: Output lines (and events, by their data line) the README shows that a run may leave out, and why.
@@ -120,15 +125,15 @@ class Block:
 
 
 def literal_blocks(text: str) -> list[Block]:
-    """The literal blocks of an reStructuredText document, in order."""
+    """The literal blocks of an reStructuredText document, in order, with their (sub)section titles."""
     lines = text.splitlines()
     blocks: list[Block] = []
     section, paragraph = "", []
     i = 0
     while i < len(lines):
         line = lines[i]
-        if line.strip() and i + 1 < len(lines) and re.fullmatch(r"=+", lines[i + 1]) \
-                and not re.fullmatch(r"=+", line):
+        if line[:1].strip() and i + 1 < len(lines) and re.fullmatch(r"=+|-+", lines[i + 1]) \
+                and not re.fullmatch(r"=+|-+", line):
             section = line.strip()
         paragraph = paragraph + [line.strip()] if line.strip() else []
         if line.rstrip().endswith("::") and not line.lstrip().startswith(".. "):
@@ -724,9 +729,15 @@ def run_commands(session: Session, block: Block) -> None:
 
 
 def run_toml(session: Session, block: Block) -> None:
+    """Load the block as a configuration file; its absolute paths are made, under the working directory."""
     tomllib.loads(block.text)
+
+    def made(found: re.Match[str]) -> str:
+        path = session.cwd / "root" / found.group(1).lstrip("/")
+        path.mkdir(parents=True, exist_ok=True)  # job_paths must be directories that exist
+        return f'"{path}"'
     path = session.cwd / f"readme-line-{block.line}.toml"
-    path.write_text(block.text)
+    path.write_text(re.sub(r'"(/[^"]*)"', made, block.text))
     configuration.load(path, env={})
 
 
@@ -821,6 +832,27 @@ def check_tree(session: Session, block: Block) -> None:
                     assert (REPO / "core" / f"{item.strip()}.py").exists(), f"{block}: no core/{item.strip()}.py"
 
 
+def check_import_error_line(session: Session, block: Block) -> None:
+    """The ERROR line of a job package that cannot be imported, from ``core.registry.discover`` (log time left out)."""
+    package = session.cwd / "packages" / "billing"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("import stripe\n")
+    script = ("import logging; logging.basicConfig(format='%(levelname)s %(name)s: %(message)s'); "
+              "from core import registry; registry.discover(['billing'])")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                            env=dict(session.live.env, PYTHONPATH=str(package.parent)), timeout=COMMAND_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    logged = result.stderr.splitlines()
+    assert any(line_matches(block.text, line, {}) for line in logged), f"{block}\nlogged:\n{result.stderr}"
+
+
+def check_nginx_snippet(session: Session, block: Block) -> None:
+    """The README's nginx lines are those of etc/nginx.conf."""
+    shipped = {line.strip() for line in (REPO / "etc" / "nginx.conf").read_text().splitlines()}
+    for line in block.text.splitlines():
+        assert line.strip() in shipped, f"{block}: etc/nginx.conf has no line {line.strip()!r}"
+
+
 def run_in_browser(session: Session, block: Block) -> None:
     """The README's browser code, on the service's own origin in Chromium: login, then EventSource to the end."""
     if CHROMIUM is None:
@@ -851,6 +883,8 @@ SPECIAL: dict[str, Callable[[Session, Block], None]] = {
     "expected an integer, got 'abc'": check_error_sample,
     "jobdeck db        # the embedded database alone": check_run_commands,
     "core/       the engine": check_tree,
+    "ERROR core.registry: cannot import job package billing": check_import_error_line,
+    "proxy_set_header X-Forwarded-Proto $scheme;": check_nginx_snippet,
     "new EventSource(": run_in_browser,
 }
 
