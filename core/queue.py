@@ -241,14 +241,16 @@ async def remove(db: Database, job_id: Any, *, user: dict[str, Any]) -> dict[str
     return await _stop(db, job_id, user, remove=True)
 
 
-async def restart(db: Database, job_id: Any, *, user: dict[str, Any]) -> dict[str, Any]:
+async def restart(db: Database, job_id: Any, *, user: dict[str, Any], hostname: str | None = None
+                  ) -> dict[str, Any]:
     """Restart a job; return the job that will run.
 
     A ``failed`` or ``deferred`` job is retried now under the same id. A
     ``killed``, ``error`` or ``inactive`` job is enqueued again as a new job
     with ``enqueued.parent_id`` pointing back; the old one gets
     ``enqueued.child_id``. Raises ``Conflict`` for pending, running and
-    complete jobs, and for a job that was already restarted.
+    complete jobs, and for a job that was already restarted. ``hostname``:
+    where the request came from, for the new job's ``enqueued.hostname``.
     """
     job_id = object_id(job_id)
     for _ in range(_RETRIES):
@@ -265,11 +267,11 @@ async def restart(db: Database, job_id: Any, *, user: dict[str, Any]) -> dict[st
         if state in (State.PENDING, State.RUNNING, State.COMPLETE) or not journaled:
             raise Conflict(f"cannot restart job {job_id}: it is {state}; only failed, deferred, "
                            "killed, error and inactive jobs can be restarted", state=state.value)
-        return await _rerun(db, job, user)
+        return await _rerun(db, job, user, hostname)
     raise Conflict(f"job {job_id} keeps changing; try again")
 
 
-async def _rerun(db: Database, old: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+async def _rerun(db: Database, old: dict[str, Any], user: dict[str, Any], hostname: str | None) -> dict[str, Any]:
     """Enqueue a finished job again as its child."""
     child_id = (old.get("enqueued") or {}).get("child_id")
     if child_id:
@@ -283,7 +285,7 @@ async def _rerun(db: Database, old: dict[str, Any], user: dict[str, Any]) -> dic
         raise Conflict(f"job {old['_id']} is being restarted by someone else")
     try:
         job = await enqueue(db, old["qual_name"], old.get("args"), user=user, parent_id=old["_id"],
-                            **{option: old.get(option) for option in OPTIONS})
+                            hostname=hostname, **{option: old.get(option) for option in OPTIONS})
     except Exception:
         await db.journal.update_one({"_id": old["_id"], "enqueued.child_id": new_id},
                                     {"$set": {"enqueued.child_id": None}, "$inc": {"version": 1}})

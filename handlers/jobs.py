@@ -333,7 +333,7 @@ class RestartHandler(_JobBase):
     async def put(self, job_id: str) -> None:
         following = self.arg("follow", bool, True)  # read before restarting: a bad value restarts nothing
         with self.slot() if following else contextlib.nullcontext():
-            job = await queue.restart(self.services.db, job_id, user=self.current_user)
+            job = await queue.restart(self.services.db, job_id, user=self.current_user, hostname=self.client_ip)
             if following:
                 await self.follow_job(job["_id"])
             else:

@@ -148,6 +148,18 @@ async def test_enqueued_hostname_is_the_client_the_proxy_forwarded(start, db, ad
         assert await enqueued_from(http, db, {}) == PROXY
 
 
+async def test_a_restarted_job_records_the_client_that_restarted_it(start, db, admin, job_classes):
+    server = await start([PROXY])
+    async with from_address(server, PROXY, headers=await bearer(server)) as http:
+        reply = await http.post("/job", json=ENQUEUE, headers={"X-Forwarded-For": "1.2.3.4"})
+        old = reply.json()["data"]
+        assert (await http.put(f"/job/kill/{old}")).status_code == 200
+        reply = await http.put(f"/job/restart/{old}", json={"follow": False}, headers={"X-Forwarded-For": "5.6.7.8"})
+        assert reply.status_code == 200, reply.text
+    new = await db.queue.find_one({"_id": ObjectId(reply.json()["data"])})
+    assert new["enqueued"]["hostname"] == "5.6.7.8" and str(new["enqueued"]["parent_id"]) == old
+
+
 #: (X-Forwarded-For as the last proxy sends it, the client) with trusted proxies 127.0.0.1, 10.0.0.0/8, 2001:db8::/32.
 HOPS = [
     ("1.2.3.4, 10.0.0.5", "1.2.3.4"),
