@@ -23,7 +23,7 @@ import bisect
 import logging
 import secrets
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Collection
 
 from bson import ObjectId
@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 _WAITING = sorted(s.value for s in states.WAITING)
 _MALFORMED = (KeyError, TypeError, ValueError, AttributeError)
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+#: How far back ``next_due_in`` looks: a job that fell due while the claim before ran.
+_LOOK_BACK = timedelta(seconds=1)
 
 
 def _now() -> datetime:
@@ -206,14 +207,24 @@ def _key(job: dict[str, Any]) -> tuple[int, ObjectId]:
 
 
 async def next_due_in(db: Database, classes: Collection[str], ceiling: float) -> float:
-    """Seconds until the next waiting job of ``classes`` falls due, at most ``ceiling``."""
-    # A comparison with a date matches dates only: a job with a malformed query_at is not "next".
+    """Seconds until the next waiting job of ``classes`` falls due, at most ``ceiling``.
+
+    Only the jobs that fall due from a second ago to ``ceiling`` from now
+    are looked at (the index range of ``query_at`` is that window): the cost
+    grows neither with the jobs that wait for later nor with those due
+    already, however many (a database that applies ``limit`` late, as the
+    embedded one does, would read them all after every claim). The caller has
+    just claimed what was due; one missed anyway is found by the ready list's
+    next read, within its ``max_age``.
+    """
+    now = _now()
     nxt = await db.queue.find_one(
-        {"state": {"$in": _WAITING}, "qual_name": {"$in": list(classes)}, "query_at": {"$gte": _EPOCH}},
-        {"query_at": 1}, sort=[("query_at", 1)])
+        {"query_at": {"$gte": now - _LOOK_BACK, "$lte": now + timedelta(seconds=ceiling)},
+         "state": {"$in": _WAITING}, "qual_name": {"$in": list(classes)}},
+        {"query_at": 1}, sort=[("query_at", 1)], hint="query_at")
     if nxt is None:
         return ceiling
-    return max(0.0, min(ceiling, (nxt["query_at"] - _now()).total_seconds() + 0.01))
+    return max(0.0, min(ceiling, (nxt["query_at"] - now).total_seconds() + 0.01))
 
 
 # Inserts, and updates that change what a worker acts on. secantusd reports a

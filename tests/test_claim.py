@@ -4,8 +4,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from pymongo import monitoring
+
 from core import queue
-from core.claim import Claimer
+from core.claim import Claimer, next_due_in
+from core.config import Config
 from core.db import Database
 
 ADMIN = queue.operator("test")
@@ -90,3 +93,47 @@ async def test_two_claimers_with_the_same_list_never_claim_one_job_twice(db: Dat
 
     everything = await db.queue.find({"state": "running"}, {"locked.worker": 1}).to_list()
     assert len(everything) == len(jobs) and len(set(claimed)) == len(claimed) == len(jobs) - 2
+
+
+class Finds(monitoring.CommandListener):
+    """Keeps the ``find`` commands sent to the queue."""
+
+    def __init__(self) -> None:
+        self.commands: list[dict[str, Any]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find" and event.command["find"] == "queue":
+            self.commands.append(dict(event.command))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_the_next_due_time_costs_the_same_with_thousands_waiting_for_later(config: Config) -> None:
+    finds = Finds()
+    db = Database.connect(config.mongo_url, config.database, event_listeners=[finds])
+    try:
+        await db.setup(log_retention_days=1)
+        now = datetime.now(timezone.utc)
+        template = {"state": "pending", "priority": 0, "trial": 0, "version": 1}
+        await db.queue.insert_many([{**template, "qual_name": NOOP, "query_at": now + timedelta(days=1)}
+                                    for _ in range(2000)])
+        await db.queue.insert_many([{**template, "qual_name": "other.Job", "query_at": now - timedelta(minutes=1)}
+                                    for _ in range(500)])
+        soon = {**template, "qual_name": NOOP, "query_at": datetime.now(timezone.utc) + timedelta(seconds=20)}
+        await db.queue.insert_one(soon)
+
+        assert 15 < await next_due_in(db, [NOOP], ceiling=30) <= 20.1
+        [command] = finds.commands
+        command = {key: value for key, value in command.items() if not key.startswith("$") and key != "lsid"}
+        plan = await db.db.command("explain", command, verbosity="executionStats")
+        # The window from a second ago to 30 s ahead holds one job: neither the 2,000 due
+        # tomorrow nor the 500 due already are read.
+        assert plan["executionStats"]["totalKeysExamined"] <= 2, plan["executionStats"]
+        await db.queue.delete_one({"_id": soon["_id"]})
+        assert await next_due_in(db, [NOOP], ceiling=30) == 30
+    finally:
+        await db.close()
