@@ -159,9 +159,9 @@ class Claimer:
         """
         claimed: list[dict[str, Any]] = []
         size = _WINDOW
+        if running:
+            self._ready = [entry for entry in self._ready if entry[1]["_id"] not in running]
         while self._ready and len(claimed) < n:
-            self._ready = [entry for entry in self._ready if entry[1]["_id"] not in running] \
-                if running else self._ready
             window = [stub["_id"] for _, stub in self._ready[:size]]
             if not window:
                 break

@@ -127,14 +127,17 @@ async def claim(db: Database, ids: list[Any], *, locked: dict[str, Any], now: da
     trial: ``trial`` + 1, ``locked`` set, ``started_at`` kept from the first
     trial, progress cleared, ``version`` bumped.
     """
-    waiting = sorted(state.value for state in WAITING if State.RUNNING in TRANSITIONS[state])
     return await db.queue.find_one_and_update(
-        {"_id": {"$in": ids}, "state": {"$in": waiting}, "query_at": {"$lte": now},
+        {"_id": {"$in": ids}, "state": {"$in": _CLAIMABLE}, "query_at": {"$lte": now},
          "trial": {"$type": "number"}, "version": {"$type": "number"}},
         [{"$set": {"state": State.RUNNING.value, "trial": {"$add": ["$trial", 1]},
                    "locked": {"$literal": locked}, "started_at": {"$ifNull": ["$started_at", now]},
                    "prog": {"$literal": {"value": 0.0, "message": None}}, "version": {"$add": ["$version", 1]}}}],
         sort=[("priority", -1), ("_id", 1)], return_document=ReturnDocument.AFTER)
+
+
+#: The states a claim takes a job from.
+_CLAIMABLE = sorted(state.value for state in WAITING if State.RUNNING in TRANSITIONS[state])
 
 
 def _lost(job: dict[str, Any]) -> Conflict:
