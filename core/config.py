@@ -42,6 +42,7 @@ class Config:
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 5.0
     log_retention_days: float = 30.0
+    journal_retention_days: float | None = None
     worker_slots: int = 2
     kill_grace_seconds: float = 10.0
     shutdown_grace_seconds: float = 30.0
@@ -151,6 +152,8 @@ def _parse_env(key: str, raw: str, where: str) -> Any:
                 raise ConfigError(f"{where}: expected a JSON list or comma-separated names, got {raw!r}") from None
         return [part.strip() for part in text.split(",") if part.strip()]
     if kind in ("int", "float"):
+        if not raw.strip() and _FIELDS[key].default is None:
+            return None  # "" means unset for optional keys (see ``_check``)
         try:
             return int(raw) if kind == "int" else float(raw)
         except ValueError:
@@ -198,7 +201,7 @@ def _check(key: str, value: Any, base: Path, where: str) -> Any:
 def _check_range(key: str, value: Any, where: str) -> None:
     if key == "port" and not 0 <= value <= 65535:
         raise ConfigError(f"{where}: a port is between 0 and 65535, got {value}")
-    if key in ("lease_seconds", "heartbeat_seconds", "log_retention_days",
+    if key in ("lease_seconds", "heartbeat_seconds", "log_retention_days", "journal_retention_days",
                "token_hours", "max_body_size", "worker_slots", "max_streams_per_user",
                "max_streams") and value <= 0:
         raise ConfigError(f"{where}: must be greater than 0, got {value}")

@@ -211,7 +211,7 @@ def test_port_out_of_range_in_file_names_the_key(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("key", ["lease_seconds", "heartbeat_seconds", "log_retention_days",
-                                 "token_hours", "max_body_size"])
+                                 "journal_retention_days", "token_hours", "max_body_size"])
 def test_durations_and_sizes_must_be_positive(key: str) -> None:
     variable = "JOBDECK_" + key.upper()
     with pytest.raises(ConfigError, match=f"{variable}.*greater than 0"):
@@ -286,6 +286,14 @@ def test_mongo_url_not_starting_with_mongodb_scheme_is_rejected(url: str) -> Non
     message = str(info.value)
     assert "JOBDECK_MONGO_URL" in message
     assert "mongodb://" in message and repr(url) in message
+
+
+def test_journal_retention_is_unset_by_default_and_read_from_the_file_or_the_environment(tmp_path: Path) -> None:
+    assert load(env={}).journal_retention_days is None
+    path = write(tmp_path / "jobdeck.toml", "journal_retention_days = 90\n")
+    assert load(path, env={}).journal_retention_days == 90.0
+    assert load(path, env={"JOBDECK_JOURNAL_RETENTION_DAYS": "0.5"}).journal_retention_days == 0.5
+    assert load(path, env={"JOBDECK_JOURNAL_RETENTION_DAYS": ""}).journal_retention_days is None
 
 
 def test_trusted_proxies_default_to_none() -> None:
