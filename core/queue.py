@@ -1,4 +1,4 @@
-"""Queue operations shared by the command line and the HTTP API: enqueue, get, kill, remove, restart.
+"""Queue operations shared by the command line and the HTTP API: enqueue (one or a batch), get, kill, remove, restart.
 
 Every function takes the acting ``user`` (a user document; the command line
 acts as an admin operator) and checks its permission here, so no caller can
@@ -6,17 +6,20 @@ forget to.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import socket
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
-from pymongo.errors import DuplicateKeyError
+from dateutil.parser import isoparse
+from pymongo import InsertOne
+from pymongo.errors import BulkWriteError, ClientBulkWriteException, DuplicateKeyError, PyMongoError
 
 from core import audit, registry
-from core.errors import BadArgument, Conflict, NotFound
+from core.errors import BadArgument, Conflict, JobdeckError, NotFound
 from core.job import OPTIONS
 from core.permissions import EXECUTE, READ, may, require
 from core.states import FINAL, State, transition
@@ -26,8 +29,8 @@ if TYPE_CHECKING:
     from core.cache import Cache
     from core.db import Database
 
-__all__ = ["enqueue", "get", "require_readable", "find", "kill", "remove", "restart", "object_id", "operator", "check_options",
-           "OPTION_LIMITS"]
+__all__ = ["enqueue", "enqueue_many", "start_time", "get", "require_readable", "find", "kill", "remove", "restart", "object_id", "operator", "check_options",
+           "OPTION_LIMITS", "MAX_BATCH", "MAX_DELAY"]
 
 _RETRIES = 20  # compare-and-set attempts before giving up on a busy job
 
@@ -88,28 +91,52 @@ def _unique_key(qual_name: str, args: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-async def enqueue(db: Database, qual_name: Any, args: Any = None, *, user: dict[str, Any],
-                  hostname: str | None = None, parent_id: ObjectId | None = None,
-                  registry_cache: Cache | None = None, inserts: RecordedInserts | None = None,
-                  **options: Any) -> dict[str, Any]:
-    """Add a pending job and its ``job.enqueue`` audit entry; return the job's document.
+#: Most jobs one ``enqueue_many`` takes.
+MAX_BATCH = 1000
+#: Latest first start a ``delay`` or ``run_at`` may ask for, in seconds from now.
+MAX_DELAY = 365 * 86400
 
-    Raises ``NotFound`` for an unknown or vanished qual_name, ``Forbidden``
-    without execute permission, ``BadArgument`` for bad arguments or options,
-    and ``Conflict`` (with ``details["job_id"]``) when the class is ``unique``
-    and a live job with the same arguments exists. ``registry_cache``: see
-    ``registry.get_valid``. The job and its audit entry go in one command
-    where the server can (``audit.insert_recorded``), or, through
-    ``inserts`` (the server's), together with those of concurrent enqueues.
+
+def start_time(now: datetime, delay: Any = None, run_at: Any = None) -> datetime:
+    """When a new job may first start (its ``query_at``): ``now``, ``delay`` seconds later, or ``run_at``.
+
+    ``run_at`` is a datetime or ISO 8601 text; without a zone it is UTC, and
+    a time already past means now. Raises ``BadArgument`` when both are
+    given, for a delay that is not a number from 0 to ``MAX_DELAY``, and for
+    a ``run_at`` that is no time or more than ``MAX_DELAY`` seconds ahead.
     """
-    entry = await registry.get_valid(db, qual_name, cache=registry_cache)
+    if delay is not None and run_at is not None:
+        raise BadArgument("give delay or run_at, not both")
+    if delay is not None:
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= MAX_DELAY:
+            raise BadArgument(f"delay must be a number of seconds from 0 to {MAX_DELAY}, got {str(delay)[:40]!r}")
+        return now + timedelta(seconds=delay)
+    if run_at is None:
+        return now
+    try:
+        moment = isoparse(run_at) if isinstance(run_at, str) else run_at
+        if not isinstance(moment, datetime):
+            raise TypeError(type(run_at).__name__)
+        moment = moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    except (ValueError, TypeError, OverflowError):
+        raise BadArgument(f"run_at must be an ISO 8601 time, e.g. 2026-11-24T10:00:00Z, got {str(run_at)[:40]!r}"
+                          ) from None
+    if (moment - now).total_seconds() > MAX_DELAY:
+        raise BadArgument(f"run_at must be at most {MAX_DELAY} s ({MAX_DELAY // 86400} days) ahead, got {run_at!s:.40}")
+    return max(now, moment)
+
+
+def _new_job(entry: dict[str, Any], qual_name: str, args: Any, options: dict[str, Any], *, user: dict[str, Any],
+             hostname: str | None, parent_id: ObjectId | None, now: datetime, delay: Any, run_at: Any
+             ) -> dict[str, Any]:
+    """The document of a new pending job of ``entry``'s class, checked; raises like ``enqueue``."""
     require(user, qual_name, EXECUTE)
     args = registry.check_args(entry, args)
     settings = check_options(entry.get("defaults", {}), options)
-    now = _now()
     job: dict[str, Any] = {
         "_id": ObjectId(), "qual_name": qual_name, "args": args, "state": State.PENDING.value,
-        **settings, "attempts_left": settings["attempts"], "trial": 0, "query_at": now,
+        **settings, "attempts_left": settings["attempts"], "trial": 0,
+        "query_at": start_time(now, delay, run_at),
         "enqueued": {"at": now, "username": user["name"], "hostname": hostname or socket.gethostname(),
                      "parent_id": parent_id, "child_id": None},
         "started_at": None, "finished_at": None, "runtime": None,
@@ -119,18 +146,174 @@ async def enqueue(db: Database, qual_name: Any, args: Any = None, *, user: dict[
     }
     if entry.get("unique"):
         job["unique_key"] = _unique_key(qual_name, args)
-    record = {"actor": user["name"], "target": str(job["_id"]), "qual_name": qual_name}
+    return job
+
+
+def _record(job: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a job's ``job.enqueue`` audit entry."""
+    return {"actor": user["name"], "target": str(job["_id"]), "qual_name": job["qual_name"]}
+
+
+async def _unique_conflict(db: Database, job: dict[str, Any], prefix: str = "", **details: Any) -> Conflict:
+    """The ``Conflict`` of a unique job whose key a live job holds already."""
+    existing = await db.queue.find_one({"unique_key": job.get("unique_key")}, {"_id": 1})
+    existing_id = existing["_id"] if existing else None
+    return Conflict(f"{prefix}{job['qual_name']} is unique and a live job with the same arguments exists: "
+                    f"{existing_id}", job_id=str(existing_id), **details)
+
+
+async def enqueue(db: Database, qual_name: Any, args: Any = None, *, user: dict[str, Any],
+                  hostname: str | None = None, parent_id: ObjectId | None = None,
+                  registry_cache: Cache | None = None, inserts: RecordedInserts | None = None,
+                  delay: Any = None, run_at: Any = None, **options: Any) -> dict[str, Any]:
+    """Add a pending job and its ``job.enqueue`` audit entry; return the job's document.
+
+    Raises ``NotFound`` for an unknown or vanished qual_name, ``Forbidden``
+    without execute permission, ``BadArgument`` for bad arguments or options,
+    and ``Conflict`` (with ``details["job_id"]``) when the class is ``unique``
+    and a live job with the same arguments exists. ``delay`` or ``run_at``
+    (not both): the job starts no earlier (see ``start_time``); only its
+    first start waits, retries and deferrals count from their run's end.
+    ``registry_cache``: see ``registry.get_valid``. The job and its audit
+    entry go in one command where the server can (``audit.insert_recorded``),
+    or, through ``inserts`` (the server's), together with those of
+    concurrent enqueues.
+    """
+    entry = await registry.get_valid(db, qual_name, cache=registry_cache)
+    job = _new_job(entry, qual_name, args, options, user=user, hostname=hostname, parent_id=parent_id,
+                   now=_now(), delay=delay, run_at=run_at)
     try:
         if inserts is None:
-            await audit.insert_recorded(db, db.queue, job, "job.enqueue", **record)
+            await audit.insert_recorded(db, db.queue, job, "job.enqueue", **_record(job, user))
         else:
-            await inserts.insert(job, "job.enqueue", **record)
+            await inserts.insert(job, "job.enqueue", **_record(job, user))
     except DuplicateKeyError:
-        existing = await db.queue.find_one({"unique_key": job.get("unique_key")}, {"_id": 1})
-        existing_id = existing["_id"] if existing else None
-        raise Conflict(f"{qual_name} is unique and a live job with the same arguments exists: "
-                       f"{existing_id}", job_id=str(existing_id)) from None
+        raise await _unique_conflict(db, job) from None
     return job
+
+
+_ITEM_FIELDS = ("qual_name", "args", "delay", "run_at")
+
+
+def _at(index: int, exc: JobdeckError) -> JobdeckError:
+    """``exc`` of the batch's item ``index``: the same error, its message prefixed ``jobs[index]: ``."""
+    return type(exc)(f"jobs[{index}]: {exc}", index=index, **exc.details)
+
+
+async def enqueue_many(db: Database, items: Any, *, user: dict[str, Any], hostname: str | None = None,
+                       registry_cache: Cache | None = None) -> list[dict[str, Any]]:
+    """Add the pending jobs ``items`` (at most ``MAX_BATCH``), all or none; return their documents in order.
+
+    Each item is ``{"qual_name", "args", "delay" or "run_at", <options>}``,
+    taken as ``enqueue`` takes them. Every item is checked before anything
+    is written, and the first bad one raises what ``enqueue`` would, its
+    message starting ``jobs[<index>]: `` and ``details["index"]`` set: also
+    a ``Conflict`` for a ``unique`` job whose arguments a live job or an
+    earlier item has (``details["job_id"]`` or ``details["duplicate_of"]``).
+    The jobs and their ``job.enqueue`` audit entries are then written in
+    one transaction where the server has them (one ``bulkWrite`` command
+    where it has that too), so a failed write leaves none of them; without
+    transactions the jobs go in with one ordered insert, and those in before
+    a failure are deleted again (see ``_insert_batch``). A database error
+    is raised as it came (``ConnectionFailure``: 503).
+    """
+    if not isinstance(items, list):
+        raise BadArgument(f"jobs must be a list of jobs, got {type(items).__name__}")
+    if len(items) > MAX_BATCH:
+        raise BadArgument(f"at most {MAX_BATCH} jobs per batch, got {len(items)}")
+    now = _now()
+    entries: dict[str, dict[str, Any]] = {}
+    jobs: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            if not isinstance(item, dict):
+                raise BadArgument(f"a job must be an object with qual_name, args and options, "
+                                  f"got {type(item).__name__}")
+            unknown = [name for name in item if name not in _ITEM_FIELDS and name not in OPTIONS]
+            if unknown:
+                raise BadArgument(f"unknown field {unknown[0][:40]!r}; fields: {', '.join(_ITEM_FIELDS + OPTIONS)}")
+            qual_name = item.get("qual_name")
+            entry = entries.get(qual_name) if isinstance(qual_name, str) else None
+            if entry is None:
+                entry = await registry.get_valid(db, qual_name, cache=registry_cache)
+                entries[qual_name] = entry
+            options = {name: item[name] for name in OPTIONS if item.get(name) is not None}  # null: the default
+            jobs.append(_new_job(entry, qual_name, item.get("args"), options, user=user, hostname=hostname,
+                                 parent_id=None, now=now, delay=item.get("delay"), run_at=item.get("run_at")))
+        except JobdeckError as exc:
+            raise _at(index, exc) from None
+    await _check_unique(db, jobs)
+    if jobs:
+        await _insert_batch(db, jobs, [audit.entry("job.enqueue", **_record(job, user)) for job in jobs])
+    return jobs
+
+
+async def _check_unique(db: Database, jobs: list[dict[str, Any]]) -> None:
+    """Raise ``Conflict`` for the first unique job of a batch whose key an earlier one or a live job holds."""
+    first: dict[str, int] = {}
+    for index, job in enumerate(jobs):
+        key = job.get("unique_key")
+        if key is None:
+            continue
+        if key in first:
+            raise Conflict(f"jobs[{index}]: {job['qual_name']} is unique and jobs[{first[key]}] has the same "
+                           "arguments", index=index, duplicate_of=first[key])
+        first[key] = index
+    if first:
+        taken = await db.queue.find({"unique_key": {"$in": list(first)}}, {"unique_key": 1}).to_list()
+        if taken:
+            index = min(first[job["unique_key"]] for job in taken)
+            raise await _unique_conflict(db, jobs[index], f"jobs[{index}]: ", index=index)
+
+
+async def _insert_batch(db: Database, jobs: list[dict[str, Any]], made: list[dict[str, Any]]) -> None:
+    """Write a batch's jobs and their audit entries, all or none (see ``enqueue_many``).
+
+    A unique job that a concurrent enqueue got in first (after the check)
+    is a ``Conflict`` naming its index.
+    """
+    if db.transactions:
+        async with db.client.start_session() as session:
+            try:
+                # No with_transaction: its retries could hold a request for two minutes; a 503 says try again.
+                async with await session.start_transaction():
+                    if db.client_bulk_write:
+                        await db.client.bulk_write(
+                            [InsertOne(job, namespace=db.queue.full_name) for job in jobs]
+                            + [InsertOne(entry, namespace=db.audit.full_name) for entry in made],
+                            ordered=True, session=session)
+                    else:
+                        await db.queue.insert_many(jobs, session=session)
+                        await db.audit.insert_many(made, session=session)
+            except ClientBulkWriteException as exc:
+                if isinstance(exc.error, PyMongoError):
+                    raise exc.error from exc
+                raise await _refused(db, jobs, exc.write_errors or [], "idx") or exc
+            except BulkWriteError as exc:
+                raise await _refused(db, jobs, exc.details.get("writeErrors", ()), "index") or exc
+        return
+    # An ordered insert stops at its first refused job, those before it are in:
+    # delete them, unless a worker has claimed one already (it runs then). If
+    # the database is gone meanwhile, they stay: only a transaction is atomic.
+    try:
+        await db.queue.insert_many(jobs, ordered=True)
+    except PyMongoError as exc:
+        with contextlib.suppress(PyMongoError):
+            await db.queue.delete_many({"_id": {"$in": [job["_id"] for job in jobs]}, "trial": 0, "version": 1})
+        if isinstance(exc, BulkWriteError):
+            raise await _refused(db, jobs, exc.details.get("writeErrors", ()), "index") or exc
+        raise
+    await db.audit.insert_many(made)
+
+
+async def _refused(db: Database, jobs: list[dict[str, Any]], errors: Any, field: str) -> Conflict | None:
+    """The ``Conflict`` of a job of a batch refused for its unique key, or None for other write errors."""
+    for error in errors:
+        index = error.get(field)
+        if error.get("code") in (11000, 11001) and isinstance(index, int) and index < len(jobs) \
+                and "unique_key" in jobs[index]:
+            return await _unique_conflict(db, jobs[index], f"jobs[{index}]: ", index=index)
+    return None
 
 
 async def find(db: Database, job_id: ObjectId) -> tuple[dict[str, Any] | None, bool]:
