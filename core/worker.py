@@ -25,6 +25,8 @@ Its parts, each in a module of its own:
   retried every half second: ``start`` waits for it at most a lease, then it
   goes on in the background; the withdrawal gets ``_WITHDRAW_SECONDS``, after
   which the offer is left to expire with the worker's heartbeat;
+- **retention** (``core.retention``): with ``journal_retention_days`` set, a
+  sweep every ten minutes removes older finished jobs and their log records;
 - **starting processes** (``core.forkserver``): with ``job_start = "fork"``
   (the default) a launcher process that imported the job modules once forks
   each job's process; with ``"spawn"``, or where fork is unavailable, each job
@@ -50,6 +52,7 @@ from core import claim as claiming
 from core import forkserver, registry, states
 from core.lease import Leases, reap_expired
 from core.process import JobProcess
+from core.retention import Sweeper
 from core.run import Run
 
 if TYPE_CHECKING:
@@ -100,6 +103,7 @@ class Worker:
         self.watcher = claiming.QueueWatcher(db, wake=self._queue_changed, killed=self._killed,
                                              reopened=self._check_kills, inserted=self._job_inserted,
                                              retry_seconds=poll_seconds)
+        self.sweeper = Sweeper(db, retention_days=config.journal_retention_days)
         self._checks: set[asyncio.Task[None]] = set()
         #: The fork server, while jobs are started by fork (None: spawned).
         self.launcher: forkserver.ForkServer | None = None
@@ -123,6 +127,7 @@ class Worker:
         self.claimer.max_age = 30.0 if self.db.change_streams else self.poll_seconds
         self._claimer = asyncio.create_task(self._claim_loop(), name="worker-claim")
         self.leases.start()
+        self.sweeper.start()
         if self.db.change_streams:
             self.watcher.start()
         log.info("worker %s started with %d slots for %d job classes, jobs started by %s", self.id, self.slots,
@@ -174,6 +179,7 @@ class Worker:
                 await asyncio.wait(still)
         await self.watcher.stop()
         await self.leases.stop()
+        await self.sweeper.stop()
         for task in list(self._checks):
             task.cancel()
         if self.launcher is not None:
