@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator
 import click
 from pymongo.errors import PyMongoError
 
-from core import journal, logs, queue, registry, stats
+from core import journal, logs, queue, registry, retention, stats
 from core.config import Config
 from core.db import Database
 from core.encoding import dumps
@@ -203,7 +203,7 @@ def queue_(state: str | None, search: str | None, filter_: str | None, sort: str
     _print_page(found, _JOB_COLUMNS, as_json)
 
 
-@cli.command("journal")
+@cli.group("journal", invoke_without_command=True)
 @_with(_list_options)
 @click.option("--qual-name", help="Only this job class.")
 @click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
@@ -211,14 +211,51 @@ def queue_(state: str | None, search: str | None, filter_: str | None, sort: str
 @click.option("--until", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
               help="Finished before (UTC).")
 @config_option
-def journal_(state: str | None, search: str | None, filter_: str | None, sort: str | None,
+@click.pass_context
+def journal_(ctx: click.Context, state: str | None, search: str | None, filter_: str | None, sort: str | None,
              page: int, per_page: int, as_json: bool, qual_name: str | None,
              since: datetime | None, until: datetime | None) -> None:
-    """List finished jobs, newest first."""
+    """List finished jobs, newest first; 'jobdeck journal export' archives them."""
+    if ctx.invoked_subcommand:
+        return
     found = run_with_database(load_config(), lambda db: journal.list_journal(
         db, user=_user(), filter=_parse_filter(filter_), state=state, qual_name=qual_name,
         search=search, since=since, until=until, sort=sort, page=page, per_page=per_page))
     _print_page(found, _JOURNAL_COLUMNS, as_json)
+
+
+_DATE = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
+
+
+@journal_.command("export")
+@click.option("--until", type=_DATE, required=True, help="Finished before (UTC).")
+@click.option("--since", type=_DATE, help="Finished at or after (UTC) [default: the first].")
+@click.option("--output", "-o", type=click.File("w", encoding="utf-8", lazy=True), default="-",
+              show_default=True, help="File to write ('-': stdout).")
+@click.option("--with-logs", is_flag=True, help="Follow each job by its log records, one a line.")
+@config_option
+def export_(until: datetime, since: datetime | None, output: Any, with_logs: bool) -> None:
+    """Write finished jobs as JSON lines, oldest first, to archive them (see journal_retention_days).
+
+    One job a line, as --json prints it (ids as hex, times ISO-8601 UTC). With
+    --with-logs each job line is followed by its log records in seq order, one
+    a line: a line with "_id" is a job, a line with "job_id" and "seq" a
+    record of the job above it. Streams: memory stays bounded.
+
+    \b
+    Example:
+      jobdeck journal export --until 2026-01-01 --with-logs -o journal-2025.jsonl
+    """
+    async def work(db: Database) -> int:
+        count = 0
+        async for document in retention.export(db, until=until, since=since, with_logs=with_logs):
+            count += "_id" in document
+            output.write(dumps(document) + "\n")
+        return count
+
+    count = run_with_database(load_config(), work)
+    output.flush()
+    click.echo(f"exported {count} jobs", err=True)
 
 
 @cli.command()

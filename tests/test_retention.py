@@ -92,7 +92,8 @@ async def test_jobs_finished_before_the_epoch_are_swept_too(db: Database) -> Non
 
 
 async def _fail(db: Database, *, skip: int = 0) -> None:
-    await db.client.admin.command({"configureFailPoint": "failCommand", "mode": {"skip": skip} if skip else {"times": 1},
+    mode = {"skip": skip} if skip else {"times": 1}
+    await db.client.admin.command({"configureFailPoint": "failCommand", "mode": mode,
                                    "data": {"failCommands": ["delete"], "errorCode": 8}})
 
 
