@@ -41,6 +41,7 @@ ROUTES: list[tuple[str, type]] = [
     (r"/job", jobs.JobHandler),
     (r"/job/list", jobs.RegistryHandler),
     (r"/job/enqueue", jobs.EnqueueHandler),
+    (r"/job/batch", jobs.BatchHandler),
     (r"/job/queue", jobs.QueueHandler),
     (r"/job/journal", jobs.JournalHandler),
     (r"/job/stats", jobs.StatsHandler),

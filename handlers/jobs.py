@@ -18,7 +18,7 @@ from handlers.base import BaseHandler
 from handlers.openapi import LIST_PARAMS, PAGE_PARAMS, Op, Param
 from handlers.sse import SSEHandler
 
-__all__ = ["RegistryHandler", "JobHandler", "EnqueueHandler", "QueueHandler", "JournalHandler",
+__all__ = ["RegistryHandler", "JobHandler", "EnqueueHandler", "BatchHandler", "QueueHandler", "JournalHandler",
            "DetailHandler", "ReadDetailHandler", "FollowHandler", "LogHandler", "PollHandler", "KillHandler", "RemoveHandler",
            "RestartHandler", "StatsHandler", "WorkerHandler", "UnknownActionHandler"]
 
@@ -27,6 +27,10 @@ _LAST_EVENT = Param("last_event_id", "string", "resume after this event id (or t
 _OPTIONS = tuple(Param(name, "integer" if kind is int else "number", f"enqueue option {name} (default: the job "
                        f"class's), {low:g} to {high:g}", minimum=low, maximum=high)
                  for name, (kind, low, high, _) in queue.OPTION_LIMITS.items())
+_START = (Param("delay", "number", f"start no earlier than this many seconds from now, 0 to {queue.MAX_DELAY} "
+                "(not with run_at); only the first start waits", minimum=0, maximum=queue.MAX_DELAY),
+          Param("run_at", "date-time", f"start no earlier than this time, ISO 8601, without a zone UTC, at most "
+                f"{queue.MAX_DELAY // 86400} days ahead (not with delay); only the first start waits"))
 
 
 def _states(*names: str) -> Param:
@@ -175,12 +179,13 @@ class JobHandler(QueueHandler):
     api = {"get": QueueHandler._op, "post": Op(
         "Enqueue a job; with follow (default) stream it as Server-Sent Events, else reply its id",
         (Param("qual_name", "string", "the job's qualified class name", required=True),
-         Param("args", "object", "the job's arguments"), _FOLLOW) + _OPTIONS,
+         Param("args", "object", "the job's arguments"), _FOLLOW) + _OPTIONS + _START,
         reply="Id", sse=True, sse_optional=True, errors=(400, 401, 403, 404, 409, 413))}
 
     async def post(self) -> None:
         options = {name: self.arg(name, float if name not in ("attempts", "priority") else int)
                    for name in OPTIONS if self.args.get(name) is not None}
+        start = {"delay": self.arg("delay", float, None), "run_at": self.arg("run_at", datetime, None)}
         following = self.arg("follow", bool, True)  # read before enqueueing: a bad value enqueues nothing
         # The stream slot is taken first: a refused stream enqueues nothing.
         with self.slot() if following else contextlib.nullcontext():
@@ -188,7 +193,7 @@ class JobHandler(QueueHandler):
                                       user=self.current_user, hostname=self.client_ip,
                                       registry_cache=self.services.registry_cache,
                                       inserts=self.services.job_inserts,
-                                      **options)
+                                      **start, **options)
             if following:
                 await self.follow_job(job["_id"])
             else:
@@ -200,6 +205,36 @@ class EnqueueHandler(_JobBase):
 
     api = {"post": JobHandler.api["post"]}
     post = JobHandler.post
+
+
+_BATCH_ITEM = {"type": "object", "required": ["qual_name"], "additionalProperties": False, "properties": {
+    "qual_name": {"type": "string", "description": "the job's qualified class name"},
+    "args": {"type": "object", "description": "the job's arguments"},
+    **{param.name: {key: value for key, value in {
+        "type": "string" if param.type == "date-time" else param.type,
+        "format": "date-time" if param.type == "date-time" else None, "description": param.description,
+        "minimum": param.minimum, "maximum": param.maximum}.items() if value is not None}
+       for param in _OPTIONS + _START}}}
+
+
+class BatchHandler(_JobBase):
+    """``POST /job/batch``: enqueue up to ``queue.MAX_BATCH`` jobs, all or none."""
+
+    api = {"post": Op(
+        f"Enqueue up to {queue.MAX_BATCH} jobs at once, all or none; reply their ids in order",
+        (Param("jobs", "array", "the jobs, each {qual_name, args, delay or run_at, options} as POST /job "
+               "takes them (without follow)", required=True,
+               schema={"maxItems": queue.MAX_BATCH, "items": _BATCH_ITEM}),),
+        reply="Id", array=True, errors=(400, 401, 403, 404, 409, 413), description=(
+            "Every job is checked before any is written; the first bad one is refused with the status a "
+            "single enqueue would get, its `error` starting `jobs[<index>]: ` and `details.index` set. A "
+            "unique job whose arguments a live job or an earlier job of the batch has is a 409. The body must "
+            "fit max_body_size (1 MiB by default: about 1,000 bytes per job for a full batch)."))}
+
+    async def post(self) -> None:
+        jobs = await queue.enqueue_many(self.services.db, self.arg("jobs", list), user=self.current_user,
+                                        hostname=self.client_ip, registry_cache=self.services.registry_cache)
+        self.reply([job["_id"] for job in jobs])
 
 
 class JournalHandler(_JobBase):

@@ -42,6 +42,8 @@ class Param:
     minimum: float | None = None
     maximum: float | None = None
     pattern: str | None = None
+    #: More JSON Schema keywords, e.g. the ``items`` of an array.
+    schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -303,13 +305,14 @@ def _param_schema(param: Param) -> dict[str, Any]:
         schema["maximum"] = param.maximum
     if param.pattern is not None:
         schema["pattern"] = param.pattern
+    schema.update(param.schema or {})
     return schema
 
 
 def _parameter(param: Param) -> dict[str, Any]:
     parameter: dict[str, Any] = {"name": param.name, "in": "query", "required": param.required,
                                  "description": param.description + " (also accepted in a JSON body)"}
-    if param.type == "object":  # JSON text, not form-style key=value pairs
+    if param.type in ("object", "array"):  # JSON text, not form-style key=value pairs
         parameter["content"] = {"application/json": {"schema": _param_schema(param)}}
     else:
         parameter["schema"] = _param_schema(param)

@@ -306,6 +306,7 @@ ANONYMOUS = {  # a request per route pattern; each must be refused before it is 
     r"/job": ("POST", "/job"),
     r"/job/list": ("GET", "/job/list"),
     r"/job/enqueue": ("POST", "/job/enqueue"),
+    r"/job/batch": ("POST", "/job/batch"),
     r"/job/queue": ("POST", "/job/queue"),
     r"/job/journal": ("GET", "/job/journal"),
     r"/job/stats": ("GET", "/job/stats"),

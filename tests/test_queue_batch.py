@@ -115,14 +115,14 @@ async def test_a_unique_job_a_live_job_holds_is_a_conflict_naming_it(qdb: Databa
 
 async def test_a_job_refused_half_way_through_the_write_leaves_none_of_the_batch(
         tdb: Database, unique_job: str) -> None:  # noqa: F811
-    # Another enqueue got in between the check and the write: the ordered insert stops at job 600.
-    jobs = await queue.enqueue_many(tdb, [{"qual_name": unique_job, "args": {"n": n}} for n in range(1000)],
+    # Another enqueue got in between the check and the write: the ordered insert stops at job 120.
+    jobs = await queue.enqueue_many(tdb, [{"qual_name": unique_job, "args": {"n": n}} for n in range(200)],
                                     user=ADMIN)
     await tdb.queue.delete_many({})
     await tdb.audit.delete_many({})
-    thief = await queue.enqueue(tdb, unique_job, {"n": 600}, user=ADMIN)
+    thief = await queue.enqueue(tdb, unique_job, {"n": 120}, user=ADMIN)
     fresh = [{**job, "_id": ObjectId()} for job in jobs]
-    with pytest.raises(Conflict, match=rf"^jobs\[600\]: .* exists: {thief['_id']}"):
+    with pytest.raises(Conflict, match=rf"^jobs\[120\]: .* exists: {thief['_id']}"):
         await queue._insert_batch(tdb, fresh, [{"action": "job.enqueue", "target": str(job["_id"])} for job in fresh])
     assert await tdb.queue.distinct("_id") == [thief["_id"]]
     assert await tdb.audit.count_documents({"target": {"$ne": str(thief["_id"])}}) == 0
