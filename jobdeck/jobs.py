@@ -125,22 +125,46 @@ def _with(options: list[Any]):
 
 
 @cli.command()
-@click.argument("qual_name")
+@click.argument("qual_name", required=False)
 @click.argument("args", nargs=-1)
 @_with(_option_flags)
+@click.option("--in", "delay", type=float, metavar="SECONDS",
+              help="Start no earlier than SECONDS from now (the first start only).")
+@click.option("--at", "run_at", metavar="TIME",
+              help="Start no earlier than TIME, ISO 8601; without a zone UTC (the first start only).")
+@click.option("--from", "source", type=click.File("r", encoding="utf-8"), metavar="FILE",
+              help="Enqueue the jobs of FILE ('-': stdin), one JSON object a line: "
+                   '{"qual_name": ..., "args": {...}, <options>}. Prints their ids.')
 @click.option("--follow", "-f", "follow_", is_flag=True,
               help="Show progress and log lines until the job ends; the exit code says how it ended.")
-@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON (at its end with --follow).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the job as JSON (at its end with --follow); with --from a list of the ids.")
 @config_option
-def enqueue(qual_name: str, args: tuple[str, ...], follow_: bool, as_json: bool, **options: Any) -> None:
-    """Enqueue job QUAL_NAME with ARGS (NAME=VALUE pairs, or one JSON object).
+def enqueue(qual_name: str | None, args: tuple[str, ...], follow_: bool, as_json: bool, source: Any,
+            **options: Any) -> None:
+    """Enqueue job QUAL_NAME with ARGS (NAME=VALUE pairs, or one JSON object); or the jobs of a file.
 
     \b
     Examples:
       jobdeck enqueue jobs.example.DummyJob sleep=2 --follow
       jobdeck enqueue jobs.example.DummyJob '{"sleep": 2, "message": "hi"}' --priority 5
+      jobdeck enqueue jobs.example.DummyJob --in 600
+      jobdeck enqueue --from jobs.jsonl
+
+    With --from, every line is read first (a line that is not a JSON object
+    enqueues nothing); then they go in batches of 1,000, each all or none. A
+    refused line stops there: the batches before it stay enqueued (their ids
+    are printed), nothing from its batch on is. The option flags, --in and
+    --at apply to every line that does not set them itself.
     """
     given = {k: v for k, v in options.items() if v is not None}
+    if source is not None:
+        if qual_name is not None or follow_:
+            raise click.UsageError("--from takes neither QUAL_NAME, ARGS nor --follow")
+        _enqueue_from(source, given, as_json)
+        return
+    if qual_name is None:
+        raise click.UsageError("give QUAL_NAME, or --from FILE")
 
     config = load_config()
 
@@ -160,6 +184,59 @@ def enqueue(qual_name: str, args: tuple[str, ...], follow_: bool, as_json: bool,
         click.echo(str(job["_id"]))
     if final is not None:
         sys.exit(exit_code(final))
+
+
+def _read_lines(source: Any, defaults: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, job) of each non-blank line of ``source``, the flags' ``defaults`` filled in.
+
+    Raises ``BadArgument`` naming the first line that is not a JSON object.
+    """
+    start = {"delay", "run_at"}
+    read = []
+    for number, line in enumerate(source, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError as exc:
+            raise BadArgument(f"line {number}: not valid JSON: {exc}") from None
+        if not isinstance(item, dict):
+            raise BadArgument(f"line {number}: expected a JSON object, got {type(item).__name__}")
+        kept = {k: v for k, v in defaults.items() if k not in item and not (k in start and start & item.keys())}
+        read.append((number, {**kept, **item}))
+    return read
+
+
+def _enqueue_from(source: Any, defaults: dict[str, Any], as_json: bool) -> None:
+    """``enqueue --from``: the jobs of ``source`` in batches of ``queue.MAX_BATCH``; print their ids."""
+    lines = _read_lines(source, defaults)
+    config = load_config()
+    written: list[str] = []
+
+    async def work(db: Database) -> None:
+        await _register(db, config)
+        for first in range(0, len(lines), queue.MAX_BATCH):
+            batch = lines[first:first + queue.MAX_BATCH]
+            try:
+                jobs = await queue.enqueue_many(db, [item for _, item in batch], user=_user())
+            except JobdeckError as exc:
+                index = exc.details.get("index")
+                if not isinstance(index, int):
+                    raise
+                message = str(exc).removeprefix(f"jobs[{index}]: ")
+                kept = f"; the {len(written)} jobs of the lines before line {batch[0][0]} are enqueued" \
+                    if written else "; nothing was enqueued"
+                raise type(exc)(f"line {batch[index][0]}: {message}{kept}") from None
+            ids = [str(job["_id"]) for job in jobs]
+            written.extend(ids)
+            if not as_json:
+                click.echo("\n".join(ids))
+
+    try:
+        run_with_database(config, work)
+    finally:
+        if as_json:
+            print_json(written)
 
 
 _list_options = [

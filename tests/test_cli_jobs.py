@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -73,8 +73,8 @@ def run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, config: Config,
 
     runner = CliRunner()
 
-    def invoke(*args: str) -> Result:
-        return runner.invoke(cli, list(args), env=cli_env, prog_name="jobdeck")
+    def invoke(*args: str, input: str | None = None) -> Result:
+        return runner.invoke(cli, list(args), env=cli_env, prog_name="jobdeck", input=input)
     yield invoke
     in_database(config, lambda db: db.client.drop_database(config.database))
 
@@ -184,6 +184,85 @@ def test_job_commands_reject_a_malformed_id(run: Callable[..., Result], command:
 def test_job_commands_say_no_job_for_an_unknown_id(run: Callable[..., Result], command: str) -> None:
     unknown = str(ObjectId())
     fails(run(command, unknown), f"no job {unknown}", code=1)
+
+
+# --- enqueue later, and many ----------------------------------------------------------
+
+def query_at(config: Config, ids: list[str]) -> list[datetime]:
+    async def read(db: Database) -> list[datetime]:
+        found = {str(job["_id"]): job["query_at"] for job in await db.queue.find(
+            {"_id": {"$in": [ObjectId(i) for i in ids]}}, {"query_at": 1}).to_list()}
+        return [found[i] for i in ids]
+    return in_database(config, read)
+
+
+def test_enqueue_in_and_at_set_when_the_job_may_first_start(run: Callable[..., Result], config: Config) -> None:
+    now = datetime.now(timezone.utc)
+    later = (now + timedelta(days=1)).replace(microsecond=0)
+    delayed = enqueued(run, DUMMY, "--in", "600")
+    timed = enqueued(run, DUMMY, "--at", later.replace(tzinfo=None).isoformat())
+    first, second = query_at(config, [delayed, timed])
+    assert abs((first - now).total_seconds() - 600) < 10
+    assert second == later  # without a zone: UTC
+    fails(run("enqueue", DUMMY, "--in", "5", "--at", later.isoformat()), "give delay or run_at, not both", code=1)
+    fails(run("enqueue", DUMMY, "--at", "soon"), "run_at must be an ISO 8601 time", code=1)
+    fails(run("enqueue", DUMMY, "--in", "-1"), "delay must be a number of seconds from 0", code=1)
+    assert as_json(run("queue", "--json"))["total_count"] == 2
+
+
+def lines(*jobs: Any) -> str:
+    return "".join((job if isinstance(job, str) else json.dumps(job)) + "\n" for job in jobs)
+
+
+def test_enqueue_from_a_file_prints_the_ids_in_order(run: Callable[..., Result], config: Config,
+                                                     tmp_path: Path) -> None:
+    source = tmp_path / "jobs.jsonl"
+    source.write_text(lines({"qual_name": DUMMY, "args": {"message": "one"}}, "",
+                            {"qual_name": FAIL, "priority": 3}, {"qual_name": DUMMY, "delay": 60}))
+    ids = ok(run("enqueue", "--from", str(source), "--priority", "1")).split()
+    assert len(ids) == 3 and all(HEX_ID.match(i) for i in ids)
+    jobs = [shown(run, i) for i in ids]
+    assert [(job["qual_name"], job["priority"]) for job in jobs] == [(DUMMY, 1), (FAIL, 3), (DUMMY, 1)]
+    assert jobs[0]["args"] == {"message": "one"}
+    now = datetime.now(timezone.utc)
+    assert [abs((moment - now).total_seconds()) < 60 + 10 for moment in query_at(config, ids)] == [True] * 3
+    assert query_at(config, ids)[2] > now + timedelta(seconds=30)
+
+
+def test_enqueue_from_stdin_with_json_prints_a_list(run: Callable[..., Result]) -> None:
+    ids = as_json(run("enqueue", "--from", "-", "--json", "--in", "30",
+                      input=lines({"qual_name": DUMMY}, {"qual_name": DUMMY, "run_at": "2026-01-01T00:00:00Z"})))
+    assert len(ids) == 2 and all(HEX_ID.match(i) for i in ids)
+    assert [job["_id"] for job in as_json(run("queue", "--json", "--sort", "_id"))["items"]] == ids
+
+
+@pytest.mark.parametrize(("bad", "fragments"), [
+    ("{not json", ["line 3: not valid JSON"]),
+    ('["a list"]', ["line 3: expected a JSON object, got list"]),
+    (json.dumps({"qual_name": DUMMY, "args": {"sleep": "long"}}), ["line 3: bad arguments", "'sleep' must be a number",
+                                                                   "nothing was enqueued"]),
+    (json.dumps({"qual_name": "jobs.example.Nothing"}), ["line 3: unknown job 'jobs.example.Nothing'"]),
+], ids=["json", "not-an-object", "arguments", "unknown-class"])
+def test_enqueue_from_a_bad_line_names_it_and_enqueues_nothing(run: Callable[..., Result], bad: str,
+                                                               fragments: list[str]) -> None:
+    fails(run("enqueue", "--from", "-", input=lines({"qual_name": DUMMY}, "", bad, {"qual_name": DUMMY})),
+          *fragments, code=1)
+    assert as_json(run("queue", "--json"))["total_count"] == 0
+
+
+def test_enqueue_from_writes_batches_of_1000_and_a_bad_line_keeps_the_batches_before_it(
+        run: Callable[..., Result], config: Config) -> None:
+    good = [{"qual_name": DUMMY, "args": {"message": str(n)}} for n in range(1002)]
+    result = run("enqueue", "--from", "-", input=lines(*good[:1001], {"qual_name": DUMMY, "colour": "red"}, good[1001]))
+    output = fails(result, "line 1002: unknown field 'colour'", "the 1000 jobs of the lines before line 1001 are "
+                   "enqueued", code=1)
+    assert len([line for line in output.splitlines() if HEX_ID.match(line)]) == 1000
+    assert in_database(config, lambda db: db.queue.count_documents({})) == 1000
+
+
+def test_enqueue_from_takes_no_qual_name(run: Callable[..., Result]) -> None:
+    fails(run("enqueue", DUMMY, "--from", "-", input=""), "--from takes neither QUAL_NAME", code=2)
+    fails(run("enqueue"), "give QUAL_NAME, or --from FILE", code=2)
 
 
 # --- queue ---------------------------------------------------------------------------
