@@ -85,6 +85,7 @@ class Claimer:
         self._complete = False     # the list held every due job of ours when it was read
         self._read_at: float | None = None  # when it was read (None: it must be read)
         self._due_at: float | None = None   # when a job known not to be due yet falls due
+        self._offered: list[dict[str, Any]] | None = None  # offers made while the queue is read
         #: Reads of the queue so far (tests and benchmarks look at it).
         self.scans = 0
 
@@ -99,6 +100,9 @@ class Claimer:
 
     def offer(self, job: dict[str, Any]) -> None:
         """A new job (from the change stream): add it in its place if it is due and this worker's."""
+        if self._offered is not None:
+            self._offered.append(job)  # the read under way may not see it: offered again after it
+            return
         if self._read_at is None:
             return  # read again at the next claim anyway
         try:
@@ -135,9 +139,14 @@ class Claimer:
     async def _read(self) -> None:
         self.scans += 1
         read_at = self.clock()
-        stubs = await self.db.majority(self.db.queue).find(
-            {"state": {"$in": _WAITING}, "query_at": {"$lte": _now()}, "qual_name": {"$in": sorted(self.classes)}},
-            _STUB).sort([("priority", -1), ("_id", 1)]).limit(self.limit).to_list()
+        self._offered = []
+        try:
+            stubs = await self._stubs()
+        except BaseException:
+            self.invalidate()  # the offers made meanwhile are dropped: read again
+            raise
+        finally:
+            offered, self._offered = self._offered, None
         ready = []
         for stub in stubs:
             try:
@@ -147,6 +156,16 @@ class Claimer:
         self._ready, self._complete, self._read_at = ready, len(stubs) < self.limit, read_at
         if self._due_at is not None and self._due_at <= read_at:
             self._due_at = None
+        known = {stub["_id"] for stub in stubs}
+        for job in offered:
+            if job.get("_id") not in known:
+                self.offer(job)
+
+    async def _stubs(self) -> list[dict[str, Any]]:
+        """The head of the due jobs of this worker's classes, in claim order."""
+        return await self.db.majority(self.db.queue).find(
+            {"state": {"$in": _WAITING}, "query_at": {"$lte": _now()}, "qual_name": {"$in": sorted(self.classes)}},
+            _STUB).sort([("priority", -1), ("_id", 1)]).limit(self.limit).to_list()
 
     async def _take(self, n: int, running: Collection[Any]) -> list[dict[str, Any]]:
         """Claim from the head of the list, a window of ``_WINDOW`` stubs per write.
@@ -173,13 +192,20 @@ class Claimer:
             except BaseException:
                 self.invalidate()  # a database error: whether one was claimed is unknown
                 raise
+            # By id, not by position: an offer made while the claim was
+            # written may have put a job at the head of the list.
             if job is None:  # all taken: another worker is ahead in the same list
-                del self._ready[:len(window)]
+                self._drop(window)
                 size = min(size * 4, _MAX_WINDOW)
                 continue
-            del self._ready[:window.index(job["_id"]) + 1]
+            self._drop(window[:window.index(job["_id"]) + 1])
             claimed.append(job)
         return claimed
+
+
+    def _drop(self, ids: list[Any]) -> None:
+        gone = set(ids)
+        self._ready = [entry for entry in self._ready if entry[1]["_id"] not in gone]
 
 
 #: Stubs one claim offers the server: the head of the list, so that a few

@@ -1,12 +1,13 @@
 """The claimer's ready list: claims in order with one write each, kept true by offers, timers and reads."""
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pymongo import monitoring
 
-from core import queue
+from core import queue, states
 from core.claim import Claimer, next_due_in
 from core.config import Config
 from core.db import Database
@@ -137,3 +138,58 @@ async def test_the_next_due_time_costs_the_same_with_thousands_waiting_for_later
         assert await next_due_in(db, [NOOP], ceiling=30) == 30
     finally:
         await db.close()
+
+
+class Gate:
+    """Holds a coroutine function until ``opened`` is set, at its start or (``after``) once it returned.
+
+    What another task does meanwhile is the test.
+    """
+
+    def __init__(self, function: Any, *, after: bool = False) -> None:
+        self.function = function
+        self.after = after
+        self.entered = asyncio.Event()
+        self.opened = asyncio.Event()
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = await self.function(*args, **kwargs) if self.after else None
+        self.entered.set()
+        await self.opened.wait()
+        return result if self.after else await self.function(*args, **kwargs)
+
+
+async def test_a_job_offered_while_a_claim_is_written_keeps_its_place(db: Database, job_classes: Any,
+                                                                     monkeypatch) -> None:
+    low = [await enqueue(db) for _ in range(3)]
+    claims = claimer(db, Clock())
+    assert (await claims.claim(1))[0]["_id"] == low[0]["_id"]  # the list is read
+    gate = Gate(states.claim)
+    monkeypatch.setattr(states, "claim", gate)
+
+    claiming = asyncio.create_task(claims.claim(1))
+    await gate.entered.wait()
+    urgent = await enqueue(db, priority=5)
+    claims.offer(urgent)  # its event came while the claim of low[1] was under way
+    gate.opened.set()
+
+    assert (await claiming)[0]["_id"] == low[1]["_id"]
+    assert (await claims.claim(1))[0]["_id"] == urgent["_id"]
+    assert claims.scans == 1
+
+
+async def test_a_job_offered_while_the_queue_is_read_is_not_lost(db: Database, job_classes: Any) -> None:
+    first = await enqueue(db)
+    claims = claimer(db, Clock())
+    gate = Gate(claims._stubs, after=True)
+    claims._stubs = gate
+
+    claiming = asyncio.create_task(claims.claim(1))
+    await gate.entered.wait()
+    urgent = await enqueue(db, priority=5)  # after the read: it cannot have seen it
+    claims.offer(urgent)
+    gate.opened.set()
+
+    assert (await claiming)[0]["_id"] == urgent["_id"]
+    assert (await claims.claim(1))[0]["_id"] == first["_id"]
+    assert claims.scans == 1 and await claims.claim(1) == []
