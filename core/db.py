@@ -34,6 +34,8 @@ _INDEXES: dict[str, list[IndexModel]] = {
     "queue": [
         IndexModel([("state", ASCENDING), ("priority", DESCENDING), ("_id", ASCENDING)], name="claim"),
         IndexModel([("qual_name", ASCENDING)], name="qual_name"),
+        # The queue's order, next to run first, without state: keyset pages (core.keyset).
+        IndexModel([("priority", DESCENDING), ("_id", ASCENDING)], name="priority_id"),
         IndexModel([("locked.worker", ASCENDING)], name="locked_worker"),
         IndexModel([("locked.heartbeat", ASCENDING)], name="lease"),
         IndexModel([("query_at", ASCENDING)], name="query_at"),
@@ -42,6 +44,8 @@ _INDEXES: dict[str, list[IndexModel]] = {
     ],
     "journal": [
         IndexModel([("finished_at", DESCENDING)], name="finished_at"),
+        # The journal's order, newest first: keyset pages and their ties (core.keyset).
+        IndexModel([("finished_at", DESCENDING), ("_id", DESCENDING)], name="finished_id"),
         IndexModel([("qual_name", ASCENDING), ("finished_at", DESCENDING)], name="qual_name"),
         IndexModel([("state", ASCENDING), ("finished_at", DESCENDING)], name="state"),
     ],

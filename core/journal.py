@@ -6,7 +6,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from core.errors import BadArgument
-from core.listing import (Page, check_filter, check_sort, check_text, combine, paginate, search_filter,
+from core.keyset import page_of
+from core.queue import OPTION_LIMITS
+from core.listing import (Page, check_filter, check_sort, check_text, combine, search_filter,
                           time_range)
 from core.permissions import readable_filter
 from core.states import FINAL, LIVE
@@ -17,6 +19,8 @@ if TYPE_CHECKING:
 __all__ = ["list_queue", "list_journal", "state_filter"]
 
 _HIDDEN = {"unique_key": 0}
+_QUEUE_ORDER = (("priority", -1), ("_id", 1))
+_JOURNAL_ORDER = (("finished_at", -1), ("_id", -1))
 
 
 def state_filter(states: str | Sequence[str] | None, allowed: frozenset[Any]) -> dict[str, Any]:
@@ -46,24 +50,38 @@ def state_filter(states: str | Sequence[str] | None, allowed: frozenset[Any]) ->
 
 async def list_queue(db: Database, *, user: dict[str, Any], filter: Any = None,
                      state: str | Sequence[str] | None = None, search: str | None = None,
-                     sort: Any = None, page: int = 0, per_page: int = 10) -> Page:
-    """Live jobs the user may read, next to run first unless ``sort`` says otherwise."""
+                     sort: Any = None, page: int = 0, per_page: int = 10, after: Any = None,
+                     before: Any = None) -> Page:
+    """Live jobs the user may read, next to run first unless ``sort`` says otherwise.
+
+    ``after``/``before``: a cursor of a page's ``next``/``prev`` (``core.keyset``).
+    """
     query = combine(readable_filter(user), state_filter(state, LIVE), search_filter(search),
                     check_filter(filter or {}))
-    order = check_sort(sort, default=(("priority", -1), ("_id", 1)))
-    return await paginate(db.queue, query, sort=order, page=page, per_page=per_page, projection=_HIDDEN,
-                          advice="narrow it with state, a search or a filter")
+    order = check_sort(sort, default=_QUEUE_ORDER)
+    default = order == list(_QUEUE_ORDER)
+    return await page_of(db.queue, query, listing="queue", sort=order, after=after, before=before, page=page,
+                         per_page=per_page, projection=_HIDDEN, advice="narrow it with state, a search or a filter",
+                         start=int(OPTION_LIMITS["priority"][2]) if default else None, kind="int" if default else None,
+                         window_ties=True)
 
 
 async def list_journal(db: Database, *, user: dict[str, Any], filter: Any = None,
                        state: str | Sequence[str] | None = None, qual_name: str | None = None,
                        search: str | None = None, since: datetime | None = None,
                        until: datetime | None = None, sort: Any = None, page: int = 0,
-                       per_page: int = 10) -> Page:
-    """Finished jobs the user may read, newest first; ``since``/``until`` bound ``finished_at``."""
-    query = combine(readable_filter(user), state_filter(state, FINAL), search_filter(search),
+                       per_page: int = 10, after: Any = None, before: Any = None) -> Page:
+    """Finished jobs the user may read, newest first; ``since``/``until`` bound ``finished_at``.
+
+    ``after``/``before``: a cursor of a page's ``next``/``prev`` (``core.keyset``).
+    """
+    # Every journal document is final: all final states is no condition (and would cost an index's use).
+    query = combine(readable_filter(user), state_filter(state, FINAL) if state else {}, search_filter(search),
                     {"qual_name": check_text(qual_name, "qual_name")} if qual_name else {},
                     time_range("finished_at", since, until), check_filter(filter or {}))
-    order = check_sort(sort, default=(("finished_at", -1), ("_id", -1)))
-    return await paginate(db.journal, query, sort=order, page=page, per_page=per_page, projection=_HIDDEN,
-                          advice="narrow it with state, qual_name, since/until or a search")
+    order = check_sort(sort, default=_JOURNAL_ORDER)
+    by_time = order[0][0] == "finished_at"
+    return await page_of(db.journal, query, listing="journal", sort=order, after=after, before=before, page=page,
+                         per_page=per_page, projection=_HIDDEN,
+                         advice="narrow it with state, qual_name, since/until or a search",
+                         kind="time" if by_time else None)

@@ -395,14 +395,27 @@ class Page:
     items: list[dict[str, Any]] = dataclass_field(repr=False)
     total_count: int
     count: int
-    page: int
+    #: None for a page found by a cursor (its number is not known).
+    page: int | None
     page_count: int
     per_page: int
+    #: Whether ``total_count`` (and so ``page_count``) is exact or a cap reached (``core.keyset``).
+    total_exact: bool = True
+    #: Cursors of the pages after and before this one (None: there is none), for listings that have them.
+    next: str | None = None
+    prev: str | None = None
+    has_cursors: bool = False
 
     def envelope_fields(self) -> dict[str, Any]:
-        """``total_count``, ``count``, ``page``, ``page_count`` and ``per_page`` (SPEC §5)."""
-        return {"total_count": self.total_count, "count": self.count, "page": self.page,
-                "page_count": self.page_count, "per_page": self.per_page}
+        """``total_count``, ``count``, ``page``, ``page_count`` and ``per_page`` (SPEC §5).
+
+        Listings with cursors add ``total_exact``, ``next`` and ``prev``.
+        """
+        fields = {"total_count": self.total_count, "count": self.count, "page": self.page,
+                  "page_count": self.page_count, "per_page": self.per_page}
+        if self.has_cursors:
+            fields.update(total_exact=self.total_exact, next=self.next, prev=self.prev)
+        return fields
 
 
 def _check_int(name: str, value: Any) -> int:
@@ -486,20 +499,33 @@ def time_range(field: str, since: datetime | None, until: datetime | None) -> di
 
 
 def combine(*queries: dict[str, Any]) -> dict[str, Any]:
-    """All of ``queries`` at once: ``{}``, the only non-empty one, or ``{"$and": [...]}``.
+    """All of ``queries`` at once, as one document of conditions where they name different fields.
 
-    Queries that are themselves a lone ``$and`` are flattened into it.
+    Top-level conditions of one document all hold; a clause that names a
+    field (or ``$or``) already taken goes into a residual ``$and``. One
+    document matters for the cost: the embedded server plans no index for a
+    filter that is only a ``$and`` (MongoDB flattens it), so e.g. a state and
+    a permission filter wrapped together would read the whole collection.
+    The clauses of a ``$and`` in any of them (as ``combine`` makes) are
+    taken apart first.
     """
     clauses: list[dict[str, Any]] = []
-    for query in queries:
-        if not query:
-            continue
-        if len(query) == 1 and isinstance(query.get("$and"), list):
-            clauses.extend(query["$and"])
-        else:
+    pending = [query for query in queries if query]
+    while pending:
+        query = pending.pop(0)
+        ands = query.get("$and")
+        if isinstance(ands, list) and all(isinstance(clause, dict) for clause in ands):
+            query = {key: value for key, value in query.items() if key != "$and"}
+            pending[:0] = [clause for clause in ands if clause]
+        if query:
             clauses.append(query)
-    if not clauses:
-        return {}
-    if len(clauses) == 1:
-        return clauses[0]
-    return {"$and": clauses}
+    merged: dict[str, Any] = {}
+    rest: list[dict[str, Any]] = []
+    for clause in clauses:
+        if any(key in merged for key in clause):
+            rest.append(clause)
+        else:
+            merged.update(clause)
+    if rest:
+        merged["$and"] = rest
+    return merged

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from bson import ObjectId
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from core.listing import Page, paginate
+from core.keyset import page_of
+from core.listing import Page
 from core.tasks import stop_task
 
 if TYPE_CHECKING:
@@ -42,10 +43,16 @@ async def read(db: Database, job_id: ObjectId, *, after: int = 0, limit: int = 1
     return await cursor.sort("seq", 1).skip(skip).limit(limit).to_list()
 
 
-async def page(db: Database, job_id: ObjectId, *, page: int = 0, per_page: int = 100) -> Page:
-    """A page of a job's records in ``seq`` order (check permission before calling)."""
-    return await paginate(db.log, {"job_id": job_id}, sort=[("seq", 1)], page=page, per_page=per_page,
-                          projection={"_id": 0}, advice="try again later")
+async def page(db: Database, job_id: ObjectId, *, page: int = 0, per_page: int = 100, after: Any = None,
+               before: Any = None) -> Page:
+    """A page of a job's records in ``seq`` order (check permission before calling).
+
+    ``after``/``before``: a cursor of a page's ``next``/``prev`` (``core.keyset``);
+    a cursor of another job's log is refused.
+    """
+    return await page_of(db.log, {"job_id": job_id}, listing=f"log:{job_id}", sort=[("seq", 1)], after=after,
+                         before=before, page=page, per_page=per_page, projection={"_id": 0},
+                         advice="try again later", start=0, kind="int")
 
 
 class LogWriter:

@@ -15,7 +15,7 @@ from core.job import OPTIONS
 from core.states import FINAL
 
 from handlers.base import BaseHandler
-from handlers.openapi import LIST_PARAMS, PAGE_PARAMS, Op, Param
+from handlers.openapi import CURSOR_PARAMS, LIST_PARAMS, PAGE_PARAMS, Op, Param
 from handlers.sse import SSEHandler
 
 __all__ = ["RegistryHandler", "JobHandler", "EnqueueHandler", "BatchHandler", "QueueHandler", "JournalHandler",
@@ -64,6 +64,10 @@ class _JobBase(SSEHandler):
     def states(self) -> Any:
         value = self.args.get("state")
         return value if isinstance(value, list) else self.arg("state", default=None)
+
+    def cursor_args(self) -> dict[str, Any]:
+        # An empty value (a null next/prev pasted as text) is no cursor.
+        return {"after": self.arg("after", default=None) or None, "before": self.arg("before", default=None) or None}
 
     def reply_page(self, page: Any) -> None:
         self.reply(page.items, **page.envelope_fields())
@@ -162,12 +166,12 @@ class QueueHandler(_JobBase):
     """``GET|POST /job/queue`` (and ``GET /job``): the live queue, paginated."""
 
     _op = Op("List live jobs (pending, running, deferred, failed), next to run first",
-             LIST_PARAMS + (_LIVE_STATES,), reply="Job", paginated=True, errors=(400, 401))
+             LIST_PARAMS + CURSOR_PARAMS + (_LIVE_STATES,), reply="Job", paginated=True, errors=(400, 401))
     api = {"get": _op, "post": _op}
 
     async def get(self) -> None:
         page = await journal.list_queue(self.services.db, user=self.current_user, state=self.states(),
-                                        **self.list_args())
+                                        **self.list_args(), **self.cursor_args())
         self.reply_page(page)
 
     post = get
@@ -240,7 +244,7 @@ class BatchHandler(_JobBase):
 class JournalHandler(_JobBase):
     """``GET|POST /job/journal``: finished jobs, newest first."""
 
-    _op = Op("List finished jobs, newest first", LIST_PARAMS + (
+    _op = Op("List finished jobs, newest first", LIST_PARAMS + CURSOR_PARAMS + (
         _FINAL_STATES, Param("qual_name", "string", "only this job class"),
         Param("since", "date-time", "finished at or after"), Param("until", "date-time", "finished before")),
         reply="Job", paginated=True, errors=(400, 401))
@@ -250,7 +254,7 @@ class JournalHandler(_JobBase):
         page = await journal.list_journal(
             self.services.db, user=self.current_user, state=self.states(),
             qual_name=self.arg("qual_name", default=None), since=self.arg("since", datetime, None),
-            until=self.arg("until", datetime, None), **self.list_args())
+            until=self.arg("until", datetime, None), **self.list_args(), **self.cursor_args())
         self.reply_page(page)
 
     post = get
@@ -293,7 +297,7 @@ class LogHandler(_JobBase):
     """``GET /job/log/<id>``: the job's log, paginated; with ``follow=true`` as events."""
 
     api = {"get": Op("A job's log records in seq order, paginated; follow=true streams them",
-                     PAGE_PARAMS + (Param("follow", "boolean", "stream log events (default false)", default=False),
+                     PAGE_PARAMS + CURSOR_PARAMS + (Param("follow", "boolean", "stream log events (default false)", default=False),
                                     _LAST_EVENT),
                      reply="LogRecord", paginated=True, sse=True, sse_optional=True, events=("log", "close"))}
 
@@ -303,7 +307,7 @@ class LogHandler(_JobBase):
                 await self.follow_job(job_id, states=False)
             return
         job = await queue.get(self.services.db, job_id, user=self.current_user)
-        self.reply_page(await logs.page(self.services.db, job["_id"], **self.page_args()))
+        self.reply_page(await logs.page(self.services.db, job["_id"], **self.page_args(), **self.cursor_args()))
 
 
 class PollHandler(_JobBase):

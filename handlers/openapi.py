@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Op", "Param", "build", "path_template", "operation_id", "PAGE_PARAMS", "LIST_PARAMS"]
+__all__ = ["Op", "Param", "build", "path_template", "operation_id", "PAGE_PARAMS", "LIST_PARAMS", "CURSOR_PARAMS"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,12 @@ class Op:
 PAGE_PARAMS = (
     Param("page", "integer", "0-based page; negative counts from the end (-1 = last)", default=0),
     Param("per_page", "integer", "items per page, 1-1000", default=10, minimum=1, maximum=1000),
+)
+CURSOR_PARAMS = (
+    Param("after", "string", "the page after this cursor: a reply's `next`, unaltered, with the same sort "
+                             "(not with page or before)"),
+    Param("before", "string", "the page before this cursor: a reply's `prev`, unaltered, with the same sort "
+                              "(not with page or after)"),
 )
 LIST_PARAMS = PAGE_PARAMS + (
     Param("sort", "string", "fields, '-' for descending, e.g. '-priority,_id'"),
@@ -215,8 +221,15 @@ _SCHEMAS: dict[str, Any] = {
         "timestamp": _ref("Time"), "data": {}}},
     "Page": {"allOf": [_ref("Reply"), {
         "type": "object", "required": ["total_count", "count", "page", "page_count", "per_page"], "properties": {
-            "total_count": {"type": "integer"}, "count": {"type": "integer"}, "page": {"type": "integer"},
-            "page_count": {"type": "integer"}, "per_page": {"type": "integer"}}}]},
+            "total_count": {"type": "integer"}, "count": {"type": "integer"},
+            "page": {"type": ["integer", "null"], "description": "null for a page found by a cursor"},
+            "page_count": {"type": "integer"}, "per_page": {"type": "integer"},
+            "total_exact": {"type": "boolean", "description": "false: total_count stopped at a cap (10 pages), "
+                                                              "there are more (listings with cursors)"},
+            "next": {"type": ["string", "null"], "description": "cursor of the next page (pass as after); "
+                                                               "null on the last"},
+            "prev": {"type": ["string", "null"], "description": "cursor of the previous page (pass as "
+                                                               "before); null on the first"}}}]},
     "Error": {"type": "object", "required": ["_id", "code", "message", "timestamp", "error"], "properties": {
         "_id": {"type": "string"}, "code": {"type": "integer"}, "message": {"type": "string"},
         "timestamp": _ref("Time"),

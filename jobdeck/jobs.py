@@ -247,6 +247,8 @@ _list_options = [
     click.option("--page", type=int, default=0, show_default=True, help="0-based; -1 is the last page."),
     click.option("--per-page", type=int, default=50, show_default=True),
     click.option("--json", "as_json", is_flag=True, help="Print the page as JSON."),
+    click.option("--after", help="The page after this cursor (the 'next' a page printed)."),
+    click.option("--before", help="The page before this cursor (the 'prev' a page printed)."),
 ]
 
 
@@ -264,19 +266,24 @@ def _print_page(page: Any, columns: list[str], as_json: bool) -> None:
         print_json({**page.envelope_fields(), "items": page.items})
         return
     print_table([_row(job) for job in page.items], columns)
-    click.echo(f"page {page.page + 1 if page.page_count else 0} of {page.page_count}, "
-               f"{page.count} of {page.total_count} jobs", err=True)
+    number = "?" if page.page is None else page.page + 1 if page.page_count else 0
+    total = f"{page.total_count}{'' if page.total_exact else '+'}"
+    click.echo(f"page {number} of {page.page_count}{'' if page.total_exact else '+'}, "
+               f"{page.count} of {total} jobs", err=True)
+    for name, cursor in (("next", page.next), ("prev", page.prev)):
+        if cursor:
+            click.echo(f"{name}: --{'after' if name == 'next' else 'before'} {cursor}", err=True)
 
 
 @cli.command("queue")
 @_with(_list_options)
 @config_option
 def queue_(state: str | None, search: str | None, filter_: str | None, sort: str | None,
-           page: int, per_page: int, as_json: bool) -> None:
+           page: int, per_page: int, as_json: bool, after: str | None, before: str | None) -> None:
     """List live jobs (pending, running, deferred, failed), next to run first."""
     found = run_with_database(load_config(), lambda db: journal.list_queue(
         db, user=_user(), filter=_parse_filter(filter_), state=state, search=search, sort=sort,
-        page=page, per_page=per_page))
+        page=page, per_page=per_page, after=after, before=before))
     _print_page(found, _JOB_COLUMNS, as_json)
 
 
@@ -291,13 +298,14 @@ def queue_(state: str | None, search: str | None, filter_: str | None, sort: str
 @click.pass_context
 def journal_(ctx: click.Context, state: str | None, search: str | None, filter_: str | None, sort: str | None,
              page: int, per_page: int, as_json: bool, qual_name: str | None,
-             since: datetime | None, until: datetime | None) -> None:
+             since: datetime | None, until: datetime | None, after: str | None, before: str | None) -> None:
     """List finished jobs, newest first; 'jobdeck journal export' archives them."""
     if ctx.invoked_subcommand:
         return
     found = run_with_database(load_config(), lambda db: journal.list_journal(
         db, user=_user(), filter=_parse_filter(filter_), state=state, qual_name=qual_name,
-        search=search, since=since, until=until, sort=sort, page=page, per_page=per_page))
+        search=search, since=since, until=until, sort=sort, page=page, per_page=per_page, after=after,
+        before=before))
     _print_page(found, _JOURNAL_COLUMNS, as_json)
 
 

@@ -153,11 +153,6 @@ def tolerated(collection: str, query: dict[str, Any]) -> str | None:
     """Why a scan of this query is tolerated (None: it is not)."""
     if collection in TOLERATED:
         return TOLERATED[collection]
-    if collection in ("queue", "journal") and list(query) == ["$and"]:
-        # core.listing.combine wraps every clause in one top-level $and, which the embedded server
-        # cannot plan at all (mongod flattens it); reported: combine should merge the clauses into one
-        # document, keeping only colliding ones (two qual_name regexes) in a residual $and.
-        return "a listing filter wrapped in a top-level $and (core.listing.combine)"
     return None
 
 

@@ -802,13 +802,23 @@ def test_combine_of_one_query_is_that_query():
     assert combine({}, {"state": "pending"}, {}) == {"state": "pending"}
 
 
-def test_combine_of_several_queries_is_an_and():
-    assert combine({"a": 1}, {}, {"b": 2}) == {"$and": [{"a": 1}, {"b": 2}]}
+def test_combine_of_queries_on_different_fields_is_one_document():
+    # One document, not a $and: the embedded server plans an index only for that.
+    assert combine({"a": 1}, {}, {"b": 2, "c": 3}) == {"a": 1, "b": 2, "c": 3}
+
+
+def test_combine_keeps_clauses_on_a_field_already_named_in_a_residual_and():
+    assert combine({"qual_name": {"$regex": "^a"}}, {"state": "x"}, {"qual_name": {"$regex": "b$"}},
+                   {"$or": [{"a": 1}]}, {"$or": [{"b": 2}]}) == \
+        {"qual_name": {"$regex": "^a"}, "state": "x", "$or": [{"a": 1}],
+         "$and": [{"qual_name": {"$regex": "b$"}}, {"$or": [{"b": 2}]}]}
 
 
 def test_combine_flattens_lone_ands():
-    assert combine({"$and": [{"a": 1}, {"b": 2}]}, {"c": 3}) == \
-        {"$and": [{"a": 1}, {"b": 2}, {"c": 3}]}
+    assert combine({"$and": [{"a": 1}, {"b": 2}]}, {"c": 3}) == {"a": 1, "b": 2, "c": 3}
+    assert combine({"$and": [{"a": 1}], "b": 2}, {"c": 3}) == {"b": 2, "a": 1, "c": 3}
+    twice = combine(combine({"q": 1}, {"q": 2}), {"r": 3})  # a combined query combined again
+    assert twice == {"q": 1, "r": 3, "$and": [{"q": 2}]}
 
 
 async def test_combined_filter_search_and_permissions_select_documents(db, docs):
