@@ -55,6 +55,9 @@ async def list_queue(db: Database, *, user: dict[str, Any], filter: Any = None,
     """Live jobs the user may read, next to run first unless ``sort`` says otherwise.
 
     ``after``/``before``: a cursor of a page's ``next``/``prev`` (``core.keyset``).
+    The first page is counted and read as numbered pages are: walking would
+    read the whole top priority level twice (jobs of one level are listed
+    oldest first, and nothing tells the server where the oldest is).
     """
     query = combine(readable_filter(user), state_filter(state, LIVE), search_filter(search),
                     check_filter(filter or {}))
@@ -63,7 +66,7 @@ async def list_queue(db: Database, *, user: dict[str, Any], filter: Any = None,
     return await page_of(db.queue, query, listing="queue", sort=order, after=after, before=before, page=page,
                          per_page=per_page, projection=_HIDDEN, advice="narrow it with state, a search or a filter",
                          start=int(OPTION_LIMITS["priority"][2]) if default else None, kind="int" if default else None,
-                         window_ties=True)
+                         window_ties=True, walk_first=False)
 
 
 async def list_journal(db: Database, *, user: dict[str, Any], filter: Any = None,

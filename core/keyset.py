@@ -387,7 +387,8 @@ async def count_capped(collection: AsyncCollection, query: dict[str, Any], sort:
 async def page_of(collection: AsyncCollection, query: dict[str, Any], *, listing: str,
                   sort: list[tuple[str, int]], after: Any = None, before: Any = None, page: int = 0,
                   per_page: int = 10, projection: dict[str, Any] | None = None, advice: str = "",
-                  start: Any = None, kind: str | None = None, window_ties: bool = False) -> Page:
+                  start: Any = None, kind: str | None = None, window_ties: bool = False,
+                  walk_first: bool = True) -> Page:
     """A page of a listing with ``next``/``prev`` cursors: by cursor, the first page, or by number.
 
     ``after``/``before`` (cursors, one at most, only with ``page`` 0) and the
@@ -396,14 +397,15 @@ async def page_of(collection: AsyncCollection, query: dict[str, Any], *, listing
     says whether it got there). Any other ``page`` number is ``paginate``'s:
     counted exactly and skipped to, costing what lies before it. Raises
     ``BadArgument`` for a bad cursor (``decode_cursor``), both cursors, or a
-    cursor with a page number.
+    cursor with a page number. Without ``walk_first`` the first page is
+    ``paginate``'s too (where walking would read more, see ``list_queue``).
     """
     if after is not None and before is not None:
         raise BadArgument("give after or before, not both")
     cursor_name, cursor = ("after", after) if after is not None else ("before", before)
     if cursor is not None and page != 0:
         raise BadArgument(f"give {cursor_name} or page, not both")
-    if cursor is None and page != 0:
+    if cursor is None and (page != 0 or not walk_first):
         found = await paginate(collection, query, sort=sort, page=page, per_page=per_page, projection=projection,
                                advice=advice)
         found.has_cursors = True
