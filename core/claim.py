@@ -55,11 +55,11 @@ class Claimer:
     The list holds small stubs (``_id``, ``version``, ``state``, ``priority``,
     ``trial``, ``started_at``) of at most ``limit`` jobs: the head of the due
     jobs of this worker's classes, by priority, then age. A claim takes the
-    first stub and makes it ``running`` with one compare-and-set that returns
-    the whole job (``findAndModify``); a stub whose job changed meanwhile
-    (claimed elsewhere, killed) fails it and is dropped. So a claim costs one
-    write, and the queue is read only when the list is empty but may not hold
-    every due job, or after ``invalidate``.
+    first stub and makes it ``running`` with one compare-and-set by ``_id``,
+    then reads the job back; a stub whose job changed meanwhile (claimed
+    elsewhere, killed) fails it and is dropped. So a claim costs one write
+    and one read by ``_id``, and the queue is read only when the list is
+    empty but may not hold every due job, or after ``invalidate``.
 
     It is kept true by the queue's change stream: a new job is ``offer``-ed
     (added in its place when it is due and ours), and whatever else makes a
@@ -168,20 +168,19 @@ class Claimer:
             _STUB).sort([("priority", -1), ("_id", 1)]).limit(self.limit).to_list()
 
     async def _take(self, n: int, running: Collection[Any]) -> list[dict[str, Any]]:
-        """Claim from the head of the list, a window of ``_WINDOW`` stubs per write.
+        """Claim from the head of the list, ``_WINDOW`` stubs at a time (``states.claim``).
 
-        The server takes the most urgent job of the window that is still
-        waiting and due; the stubs before it were taken by other workers (or
-        changed) and are dropped with it. A window of none grows the next
-        one fourfold: another worker is ahead in the same list. Ids this worker still runs under an
-        older claim are never offered: never two processes of one job.
+        The first job of the window that is still waiting and due is taken;
+        the stubs before it were taken by other workers (or changed) and are
+        dropped with it, each having cost one write. Ids this worker still
+        runs under an older claim are never offered: never two processes of
+        one job.
         """
         claimed: list[dict[str, Any]] = []
-        size = _WINDOW
         if running:
             self._ready = [entry for entry in self._ready if entry[1]["_id"] not in running]
         while self._ready and len(claimed) < n:
-            window = [stub["_id"] for _, stub in self._ready[:size]]
+            window = [stub["_id"] for _, stub in self._ready[:_WINDOW]]
             if not window:
                 break
             now = _now()
@@ -196,22 +195,18 @@ class Claimer:
             # written may have put a job at the head of the list.
             if job is None:  # all taken: another worker is ahead in the same list
                 self._drop(window)
-                size = min(size * 4, _MAX_WINDOW)
                 continue
             self._drop(window[:window.index(job["_id"]) + 1])
             claimed.append(job)
         return claimed
-
 
     def _drop(self, ids: list[Any]) -> None:
         gone = set(ids)
         self._ready = [entry for entry in self._ready if entry[1]["_id"] not in gone]
 
 
-#: Stubs one claim offers the server: the head of the list, so that a few
-#: taken by other workers cost no extra write.
+#: Stubs one call of ``states.claim`` tries, in order.
 _WINDOW = 8
-_MAX_WINDOW = 512
 _STUB = {"_id": 1, "version": 1, "state": 1, "priority": 1, "trial": 1, "started_at": 1}
 
 

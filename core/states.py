@@ -27,7 +27,7 @@ from datetime import datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from pymongo import ReplaceOne, ReturnDocument
+from pymongo import ReplaceOne
 
 from core.errors import Conflict
 
@@ -101,39 +101,54 @@ async def transition(db: Database, job: dict[str, Any], to: State, *, fence: dic
         return {**job, **fields, "state": to.value, "version": job["version"] + 1}
     if db.transactions:
         # Two writes: the job leaves the queue (as it is now, not as read) and enters the journal.
+        # A read and a delete, not findAndModify: on the embedded server that costs what the
+        # collection holds, these cost the same with a million jobs queued. In the transaction
+        # the delete conflicts with any write since the read, which makes it start over.
         async def move(session: Any) -> dict[str, Any]:
-            current = await db.queue.find_one_and_delete(condition, session=session)
-            if current is None:
+            current = await db.queue.find_one(condition, session=session)
+            if current is None or not (await db.queue.delete_one(
+                    {"_id": job["_id"], "version": current["version"]}, session=session)).deleted_count:
                 raise _lost(job)
             after = {**current, **fields, "state": to.value, "version": current["version"] + 1}
             await db.journal.replace_one({"_id": job["_id"]}, after, upsert=True, session=session)
             return after
         async with db.client.start_session() as session:
             return await session.with_transaction(move)
-    after = await db.queue.find_one_and_update(condition, update, return_document=ReturnDocument.AFTER)
-    if after is None:
+    if not (await db.queue.update_one(condition, update)).modified_count:
         raise _lost(job)
+    after = await db.queue.find_one({"_id": job["_id"], "state": to.value})
+    if after is None:  # moved meanwhile by complete_moves
+        return await db.journal.find_one({"_id": job["_id"]}) or {**job, **fields, "state": to.value}
     await _move(db, [after])
     return after
 
 
 async def claim(db: Database, ids: list[Any], *, locked: dict[str, Any], now: datetime) -> dict[str, Any] | None:
-    """Make the most urgent of the jobs ``ids`` that is waiting and due ``running``; return it, or None.
+    """Make the first of the jobs ``ids`` (most urgent first) that is waiting and due ``running``; return it.
 
-    The claim's compare-and-set: one ``findAndModify`` whose condition is
-    that the job is still waiting and due, so of two workers exactly one gets
-    it, and a job taken or changed since it was read is passed over for the
-    next of ``ids`` (the server picks by priority, then age). It starts a new
-    trial: ``trial`` + 1, ``locked`` set, ``started_at`` kept from the first
-    trial, progress cleared, ``version`` bumped.
+    The claim's compare-and-set: an update by ``_id`` whose condition is that
+    the job is still waiting and due, so of two workers exactly one gets it,
+    and a job taken or changed since it was read is passed over for the next
+    of ``ids``; the winner reads its job back by its claim token. (Not one
+    ``findAndModify`` over all ``ids``: on the embedded server that costs what
+    the collection holds, 35 ms with 1,000 jobs queued and 235 ms with
+    10,000, while an update and a read by ``_id`` cost 3 and 2 ms at any
+    size.) It starts a new trial: ``trial`` + 1, ``locked`` set,
+    ``started_at`` kept from the first trial, progress cleared, ``version``
+    bumped. None if every one of ``ids`` was taken.
     """
-    return await db.queue.find_one_and_update(
-        {"_id": {"$in": ids}, "state": {"$in": _CLAIMABLE}, "query_at": {"$lte": now},
-         "trial": {"$type": "number"}, "version": {"$type": "number"}},
-        [{"$set": {"state": State.RUNNING.value, "trial": {"$add": ["$trial", 1]},
-                   "locked": {"$literal": locked}, "started_at": {"$ifNull": ["$started_at", now]},
-                   "prog": {"$literal": {"value": 0.0, "message": None}}, "version": {"$add": ["$version", 1]}}}],
-        sort=[("priority", -1), ("_id", 1)], return_document=ReturnDocument.AFTER)
+    start = [{"$set": {"state": State.RUNNING.value, "trial": {"$add": ["$trial", 1]},
+                       "locked": {"$literal": locked}, "started_at": {"$ifNull": ["$started_at", now]},
+                       "prog": {"$literal": {"value": 0.0, "message": None}}, "version": {"$add": ["$version", 1]}}}]
+    for job_id in ids:
+        taken = await db.queue.update_one(
+            {"_id": job_id, "state": {"$in": _CLAIMABLE}, "query_at": {"$lte": now},
+             "trial": {"$type": "number"}, "version": {"$type": "number"}}, start)
+        if taken.modified_count:
+            job = await db.queue.find_one({"_id": job_id, "locked.token": locked["token"]})
+            if job is not None:  # (None: reaped or removed in the instant between)
+                return job
+    return None
 
 
 #: The states a claim takes a job from.
