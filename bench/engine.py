@@ -31,7 +31,6 @@ from typing import Any
 from common import ROOT, database, percentile  # also puts the project on sys.path
 
 from bson import ObjectId  # noqa: E402
-from pymongo import ReturnDocument  # noqa: E402
 
 from core import queue, registry  # noqa: E402
 from core.db import Database  # noqa: E402
@@ -44,10 +43,10 @@ NOOP = "jobs.example.NoopJob"
 async def raw_job_limit(db: Database, user: dict, count: int, writers: int = 2) -> float:
     """Jobs per second the database takes for a job's writes after its enqueue, done raw by ``writers``.
 
-    The same writes as the worker's, on the same collections with their
-    indexes and on real job documents, without jobdeck's code: a claim
-    (``findAndModify`` returning the job), then a transaction deleting it from
-    the queue and writing it to the journal.
+    The same commands as the worker's, on the same collections with their
+    indexes and on real job documents, without jobdeck's code: a claim (an
+    update by ``_id``, then a read of the job), then a transaction reading the
+    job, deleting it from the queue and writing it to the journal.
     """
     ids = [(await queue.enqueue(db, NOOP, {}, user=user))["_id"] for _ in range(count)]
     chunks = [ids[n::writers] for n in range(writers)]
@@ -55,15 +54,17 @@ async def raw_job_limit(db: Database, user: dict, count: int, writers: int = 2) 
     async def writer(chunk: list[Any]) -> None:
         for _id in chunk:
             token = ObjectId().binary.hex()
-            await db.queue.find_one_and_update(
+            await db.queue.update_one(
                 {"_id": _id, "state": "pending", "version": 1},
                 {"$set": {"state": "running", "trial": 1, "locked": {"worker": "raw", "token": token,
                                                                       "at": datetime.now(timezone.utc)}},
-                 "$inc": {"version": 1}}, return_document=ReturnDocument.AFTER)
+                 "$inc": {"version": 1}})
+            await db.queue.find_one({"_id": _id, "locked.token": token})
 
             async def move(session: Any) -> None:
-                doc = await db.queue.find_one_and_delete({"_id": _id, "state": "running", "locked.token": token},
-                                                         session=session)
+                doc = await db.queue.find_one({"_id": _id, "state": "running", "locked.token": token},
+                                              session=session)
+                await db.queue.delete_one({"_id": _id, "version": doc["version"]}, session=session)
                 await db.journal.replace_one({"_id": _id}, {**doc, "state": "complete", "locked": None},
                                              upsert=True, session=session)
             async with db.client.start_session() as session:
@@ -145,6 +146,7 @@ async def throughput(db: Database, user: dict, count: int, url: str, *, workers:
     The clock runs from the first claim to the last end.
     """
     await db.journal.delete_many({})
+    await registry.sync(db, registry.discover())  # as jobdeck enqueue does: the last worker withdrew its offer
     for _ in range(count):
         await queue.enqueue(db, NOOP, {}, user=user)
     started = [start_worker(url, db.name, slots, job_start) for _ in range(workers)]
@@ -185,6 +187,7 @@ async def main(args: argparse.Namespace, url: str) -> None:
         worker = start_worker(url, db.name, 2)
         try:
             await wait_workers(db)
+            await registry.sync(db, registry.discover())
             await latency(db, user, 5)  # warm-up
             values = await latency(db, user, args.samples)
         finally:
