@@ -14,7 +14,7 @@ import asyncio
 import time
 
 import httpx
-from common import database, jobdeck_server, percentile  # also puts the project on sys.path
+from common import database, drop_database, jobdeck_server, percentile  # also puts the project on sys.path
 
 from bson import ObjectId  # noqa: E402
 from core.db import Database  # noqa: E402
@@ -75,13 +75,7 @@ def main() -> None:
         print(f"POST /job (basic auth, follow=false), {args.concurrency} connections, {args.requests} requests: "
               f"{rate:.0f}/s = {rate / raw * 100:.0f}% of raw insert_one "
               f"(latency p50 {percentile(latencies, 0.5) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms)")
-        asyncio.run(_drop(url, name))
-
-
-async def _drop(url: str, name: str) -> None:
-    db = Database.connect(url, name)
-    await db.client.drop_database(name)
-    await db.close()
+        asyncio.run(drop_database(url, name))
 
 
 if __name__ == "__main__":

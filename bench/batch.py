@@ -16,7 +16,7 @@ import asyncio
 import time
 
 import httpx
-from common import database, jobdeck_server  # also puts the project on sys.path
+from common import database, drop_database, jobdeck_server  # also puts the project on sys.path
 
 from bson import ObjectId  # noqa: E402
 from core.db import Database  # noqa: E402
@@ -68,13 +68,7 @@ def main() -> None:
         print(f"raw insert_many of the same {count} documents, {args.batch} a call: {raw:.0f} docs/s")
         print(f"batch enqueue = {rate / raw * 100:.0f}% of raw insert_many (it also writes an audit entry per job, "
               "in a transaction)")
-        asyncio.run(_drop(url, name))
-
-
-async def _drop(url: str, name: str) -> None:
-    db = Database.connect(url, name)
-    await db.client.drop_database(name)
-    await db.close()
+        asyncio.run(drop_database(url, name))
 
 
 if __name__ == "__main__":

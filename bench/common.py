@@ -16,9 +16,10 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.db import Database  # noqa: E402
 from core.embedded import EmbeddedServer  # noqa: E402
 
-__all__ = ["ROOT", "database", "jobdeck_server", "percentile", "free_port"]
+__all__ = ["ROOT", "database", "drop_database", "jobdeck_server", "percentile", "free_port"]
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -75,3 +76,10 @@ def jobdeck_server(url: str, database_name: str, *, password: str = "bench",
     finally:
         process.terminate()
         process.wait(30)
+
+
+async def drop_database(url: str, name: str) -> None:
+    """Drop the benchmark's database ``name``."""
+    db = Database.connect(url, name)
+    await db.client.drop_database(name)
+    await db.close()

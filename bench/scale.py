@@ -30,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable
 
 from batch import batch_enqueues, raw_inserts
-from common import database, jobdeck_server, percentile  # also puts the project on sys.path
+from common import database, drop_database, jobdeck_server, percentile  # also puts the project on sys.path
 from engine import NOOP, claimed_at, start_worker, stop_workers, wait_workers
 
 from bson import ObjectId  # noqa: E402
@@ -142,6 +142,7 @@ def batch(url: str, jobs: int) -> None:
     with jobdeck_server(url, name) as (api, _process):
         rate = asyncio.run(batch_enqueues(api, jobs, 1000))
     raw, count = asyncio.run(raw_inserts(url, name, 1000))
+    asyncio.run(drop_database(url, name))
     print(f"batch enqueue, {jobs} jobs in requests of 1000: {rate:.0f} jobs/s; raw insert_many of the same "
           f"{count} documents: {raw:.0f} docs/s; batch = {rate / raw * 100:.0f}% of raw")
 
