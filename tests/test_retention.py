@@ -26,7 +26,10 @@ async def finished(db: Database, days_ago: float, *, records: int = 2, state: st
     await db.journal.insert_one({"_id": job_id, "qual_name": "jobs.example.DummyJob", "state": state,
                                  "finished_at": at, "version": 3, "journal": True})
     if records:
-        await db.log.insert_many([{"job_id": job_id, "seq": seq, "created": at, "level": "INFO",
+        # Created now: the log's own TTL (log_retention_days, 30) would remove records of NOW's time
+        # (months ago) whenever its monitor ran during the test.
+        created = datetime.now(timezone.utc)
+        await db.log.insert_many([{"job_id": job_id, "seq": seq, "created": created, "level": "INFO",
                                    "message": f"line {seq}", "qual_name": "jobs.example.DummyJob", "trial": 1}
                                   for seq in range(1, records + 1)])
     return job_id
@@ -37,7 +40,7 @@ async def live(db: Database, **fields: Any) -> ObjectId:
     job_id = ObjectId()
     await db.queue.insert_one({"_id": job_id, "qual_name": "jobs.example.DummyJob", "state": "running",
                                "priority": 0, "version": 1, "query_at": NOW - timedelta(days=400), **fields})
-    await db.log.insert_one({"job_id": job_id, "seq": 1, "created": NOW - timedelta(days=400), "level": "INFO",
+    await db.log.insert_one({"job_id": job_id, "seq": 1, "created": datetime.now(timezone.utc), "level": "INFO",
                              "message": "running", "qual_name": "jobs.example.DummyJob", "trial": 1})
     return job_id
 
