@@ -73,8 +73,8 @@ async def test_a_dead_launcher_is_replaced_and_said_so_and_running_jobs_go_on(
     first = worker.launcher.process.pid
     long = await queue.enqueue(db, "jobs.example.DummyJob", {"sleep": 1.5, "loop_time": 0.1}, user=ADMIN,
                                attempts=1)
-    await wait_for(lambda: db.queue.find_one({"_id": long["_id"], "state": "running"}), message="the job to run")
-    running = next(iter(worker.runs.values()))
+    # the claim is written before the worker records the run: wait on the run itself
+    running = await wait_for(lambda: worker.runs.get(long["_id"]), message="the job to run")
     await wait_for(lambda: running.pid, message="its process to start")
 
     with caplog.at_level(logging.WARNING, logger="core.forkserver"):
