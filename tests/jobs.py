@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from jobs import Job
+from jobs.example import DummyJob
 
 
 class NanResultJob(Job):
@@ -16,6 +17,17 @@ class NanResultJob(Job):
 
     def execute(self, value: str = "nan") -> dict:
         return {"ratio": float(value)}
+
+
+class QuickDummyJob(DummyJob):
+    """``DummyJob`` on a clock twenty times as fast: ``{"sleep": 60}`` runs 3 s and reports ``slept: 60``.
+
+    The core4 walkthrough (``tests/test_api_walkthrough.py``) runs with it as written.
+    """
+
+    def execute(self, sleep: float = 3, loop_time: float = 0.5, message: str = "dummy") -> dict:
+        done = super().execute(sleep / 20, loop_time, message)
+        return {**done, "slept": sleep}
 
 
 # --- the engine (tests/test_process.py) ----------------------------------------------------

@@ -376,7 +376,7 @@ async def test_stopped_worker_lets_a_job_finish_within_the_grace_period(
 # --- logs and throughput ------------------------------------------------------------------
 
 async def test_chatty_job_keeps_every_log_line_in_order(db: Database, start_worker: StartWorker) -> None:
-    lines = 20_000
+    lines = 6_000
     job = await enqueue(db, "jobs.example.ChattyJob", {"lines": lines})
     await start_worker()
 
@@ -392,7 +392,7 @@ async def test_chatty_job_keeps_every_log_line_in_order(db: Database, start_work
 
 
 async def test_two_workers_run_every_job_exactly_once(db: Database, start_worker: StartWorker) -> None:
-    count = 200
+    count = 80
     jobs = [await enqueue(db, args={"sleep": 0}) for _ in range(count)]
     await start_worker(slots=2)
     await start_worker(slots=2)
