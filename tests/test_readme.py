@@ -459,6 +459,10 @@ class Live:
     env: dict[str, str]
     api: httpx.Client
     marker: Path  # the README job's ``ready()`` is true once this exists
+    log: Path  # what ``jobdeck up`` printed: its access log says which request failed, and how
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     @property
     def url(self) -> str:
@@ -525,7 +529,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             except httpx.HTTPError:
                 return False
         wait_until(healthy, timeout=60, interval=0.1, message="GET /health of jobdeck up")
-        yield Live(port, env, api, marker)
+        yield Live(port, env, api, marker, log_path)
     finally:
         api.close()
         if up.poll() is None:
@@ -684,7 +688,8 @@ def run_python(session: Session, blocks: list[Block]) -> None:
     result = subprocess.run([sys.executable, "-c", _PY_RUNNER], input=json.dumps(sources), capture_output=True,
                             text=True, cwd=session.cwd, env=session.live.env, timeout=COMMAND_TIMEOUT)
     where = ", ".join(str(block) for block in blocks)
-    assert result.returncode == 0, f"{where}\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, \
+        f"{where}\n{result.stdout}\n{result.stderr}\njobdeck up's last lines:\n{session.live.log_tail()}"
     assert f"\x1echecks {wanted}" in result.stdout, f"{where}: not every commented print ran\n{result.stdout}"
     outputs = dict(re.findall(r"\x1eblock (\d+)\n(.*?)(?=\x1e)", result.stdout, re.S))
     for block in blocks:
