@@ -247,8 +247,13 @@ _list_options = [
     click.option("--page", type=int, default=0, show_default=True, help="0-based; -1 is the last page."),
     click.option("--per-page", type=int, default=50, show_default=True),
     click.option("--json", "as_json", is_flag=True, help="Print the page as JSON."),
-    click.option("--after", help="The page after this cursor (the 'next' a page printed)."),
-    click.option("--before", help="The page before this cursor (the 'prev' a page printed)."),
+]
+# An empty cursor is none, as in the HTTP API: a script starts its loop with an empty one.
+_cursor_options = [
+    click.option("--after", metavar="CURSOR", callback=lambda _ctx, _param, value: value or None,
+                 help="The page after this cursor (the 'next' a page printed, on stderr or in --json)."),
+    click.option("--before", metavar="CURSOR", callback=lambda _ctx, _param, value: value or None,
+                 help="The page before this cursor (the 'prev' a page printed)."),
 ]
 
 
@@ -263,20 +268,30 @@ def _parse_filter(text: str | None) -> Any:
 
 def _print_page(page: Any, columns: list[str], as_json: bool) -> None:
     if as_json:
-        print_json({**page.envelope_fields(), "items": page.items})
+        _print_page_json(page)
         return
     print_table([_row(job) for job in page.items], columns)
+    _print_footer(page, "jobs")
+
+
+def _print_page_json(page: Any) -> None:
+    """The page as one JSON document, as the HTTP API's paginated replies (``items``, ``next``, ``prev``...)."""
+    print_json({**page.envelope_fields(), "items": page.items})
+
+
+def _print_footer(page: Any, noun: str) -> None:
+    """On stderr: where the page is, and the options that show the pages after and before it."""
     number = "?" if page.page is None else page.page + 1 if page.page_count else 0
     total = f"{page.total_count}{'' if page.total_exact else '+'}"
     click.echo(f"page {number} of {page.page_count}{'' if page.total_exact else '+'}, "
-               f"{page.count} of {total} jobs", err=True)
+               f"{page.count} of {total} {noun}", err=True)
     for name, cursor in (("next", page.next), ("prev", page.prev)):
         if cursor:
             click.echo(f"{name}: --{'after' if name == 'next' else 'before'} {cursor}", err=True)
 
 
 @cli.command("queue")
-@_with(_list_options)
+@_with(_list_options + _cursor_options)
 @config_option
 def queue_(state: str | None, search: str | None, filter_: str | None, sort: str | None,
            page: int, per_page: int, as_json: bool, after: str | None, before: str | None) -> None:
@@ -288,7 +303,7 @@ def queue_(state: str | None, search: str | None, filter_: str | None, sort: str
 
 
 @cli.group("journal", invoke_without_command=True)
-@_with(_list_options)
+@_with(_list_options + _cursor_options)
 @click.option("--qual-name", help="Only this job class.")
 @click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
               help="Finished at or after (UTC).")
@@ -392,12 +407,33 @@ def follow_(job_id: str) -> None:
 @cli.command("log")
 @click.argument("job_id")
 @click.option("--follow", "-f", "follow_", is_flag=True, help="Keep printing new lines until the job ends.")
-@click.option("--json", "as_json", is_flag=True, help="Print records as JSON lines.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print records as JSON lines; a page as one JSON document.")
+@click.option("--page", type=int, help="Only this page of records (0-based; -1 is the last).")
+@click.option("--per-page", type=int, help="Records a page [default: 100].")
+@_with(_cursor_options)
 @config_option
-def log_(job_id: str, follow_: bool, as_json: bool) -> None:
-    """Print a job's log."""
-    async def work(db: Database) -> None:
+def log_(job_id: str, follow_: bool, as_json: bool, page: int | None, per_page: int | None, after: str | None,
+         before: str | None) -> None:
+    """Print a job's log: all of it, or one page of it.
+
+    With --page, --per-page, --after or --before only that page is printed,
+    and then, on stderr, the options that print the pages after and before
+    it (--after CURSOR, --before CURSOR); --json prints the page as one
+    document with "items", "next" and "prev", as GET /job/log/ID replies.
+    """
+    ctx = click.get_current_context()
+    # Given, even empty: a script's loop over the pages starts with an empty cursor.
+    paged = any(ctx.get_parameter_source(name) == click.ParameterSource.COMMANDLINE
+                for name in ("page", "per_page", "after", "before"))
+    if follow_ and paged:
+        raise click.UsageError("--follow prints the whole log: it takes no --page, --per-page, --after or --before")
+
+    async def work(db: Database) -> Any:
         job = await queue.get(db, job_id, user=_user())
+        if paged:
+            return await logs.page(db, job["_id"], page=page or 0, per_page=per_page or 100, after=after,
+                                   before=before)
         if follow_:
             async with _hub(db) as hub:
                 async for event in follow(db, job["_id"], user=_user(), hub=hub, states=False):
@@ -410,7 +446,15 @@ def log_(job_id: str, follow_: bool, as_json: bool) -> None:
                 _print_record(record, as_json)
             seq = records[-1]["seq"]
 
-    run_with_database(load_config(), work)
+    found = run_with_database(load_config(), work)
+    if not paged:
+        return
+    if as_json:
+        _print_page_json(found)
+        return
+    for record in found.items:
+        _print_record(record, False)
+    _print_footer(found, "records")
 
 
 def _print_record(record: dict[str, Any], as_json: bool) -> None:
