@@ -6,8 +6,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from core.errors import BadArgument
+from core import levels
 from core.keyset import page_of
-from core.queue import OPTION_LIMITS
 from core.listing import (Page, check_filter, check_sort, check_text, combine, search_filter,
                           time_range)
 from core.permissions import readable_filter
@@ -55,18 +55,22 @@ async def list_queue(db: Database, *, user: dict[str, Any], filter: Any = None,
     """Live jobs the user may read, next to run first unless ``sort`` says otherwise.
 
     ``after``/``before``: a cursor of a page's ``next``/``prev`` (``core.keyset``).
-    The first page is counted and read as numbered pages are: walking would
-    read the whole top priority level twice (jobs of one level are listed
-    oldest first, and nothing tells the server where the oldest is).
+    In the queue's own order the first page and cursor pages are walked level
+    by level (``core.levels``: about a page of reads, more for a filter that
+    matches few jobs); other sorts walk their cursor pages (``core.keyset``)
+    and, like numbered pages, read their first page whole.
     """
-    query = combine(readable_filter(user), state_filter(state, LIVE), search_filter(search),
-                    check_filter(filter or {}))
+    conditions = combine(readable_filter(user), search_filter(search), check_filter(filter or {}))
     order = check_sort(sort, default=_QUEUE_ORDER)
-    default = order == list(_QUEUE_ORDER)
+    advice = "narrow it with state, a search or a filter"
+    if order == list(_QUEUE_ORDER) and page == 0:
+        # No state given is no condition: the walk leaves out final copies itself, and a condition
+        # beside a window would make the embedded server read the whole level.
+        return await levels.page(db, combine(state_filter(state, LIVE) if state else {}, conditions),
+                                 after=after, before=before, per_page=per_page, projection=_HIDDEN, advice=advice)
+    query = combine(state_filter(state, LIVE), conditions)
     return await page_of(db.queue, query, listing="queue", sort=order, after=after, before=before, page=page,
-                         per_page=per_page, projection=_HIDDEN, advice="narrow it with state, a search or a filter",
-                         start=int(OPTION_LIMITS["priority"][2]) if default else None, kind="int" if default else None,
-                         window_ties=True, walk_first=False)
+                         per_page=per_page, projection=_HIDDEN, advice=advice, window_ties=True, walk_first=False)
 
 
 async def list_journal(db: Database, *, user: dict[str, Any], filter: Any = None,
