@@ -1,4 +1,4 @@
-"""Every query jobdeck sends is served by an index.
+"""Every query jobdeck sends is served by an index, its sort too.
 
 The queries are not listed here: they are recorded (PyMongo command
 monitoring) while the API, the command line and a worker do their work:
@@ -14,6 +14,15 @@ of an ``$and``). Its ``explain`` does not report that fallback (it says
 ``COLLSCAN``), so ``served`` explains the clauses one by one, exactly as the
 server's executor tries them: top-level fields only, never the branches of a
 top-level ``$and``/``$or`` (such a filter is a scan there).
+
+A query with a sort must not sort in memory: a blocking ``SORT`` stage in its
+winning plan fails the test too, unless MongoDB reads it in that order from an
+index (``ordered_by``). The embedded server reports ``SORT`` for nearly every
+sorted query with a filter: it walks an index in order only for a one-key sort
+whose key is the whole filter, and otherwise sorts what the index bounds (a
+keyset window: a page or so; for ``logs.last_seq`` a job's whole log). Those
+are warned about, not failed. A sort that no index gives MongoDB either fails,
+unless tolerated with a reason.
 """
 from __future__ import annotations
 
@@ -142,17 +151,72 @@ async def served(db: Database, collection: str, query: dict[str, Any],
     return False, plan
 
 
-#: Scans known and reported, each with why it is tolerated for now. Remove an entry once fixed.
+#: Scans and sorts known and reported, each with why it is tolerated for now. Remove an entry once fixed.
 TOLERATED = {
     # One document per job class: reading all of it is what these queries do.
     "registry": "the registry is one document per job class (no index on valid/offered_by)",
 }
+#: Scans of one query shape (collection, filter shape as ``shape`` gives it), with why each is tolerated.
+SHAPES_TOLERATED = {
+    ("counts", "{}"): "the job counts are one small document per job class and shard: stats reads them all",
+}
+#: Sorts no index gives, by collection, sort and the fields of the filter (the permission filter's
+#: ``qual_name`` aside), with why each is tolerated for now.
+SORTS_TOLERATED = {
+    ("queue", (("_id", 1),), frozenset({"state"})):
+        "stats' oldest pending job (by state, sorted by _id): no index holds state then _id (claim is state, "
+        "priority, _id), so MongoDB sorts every pending job; it needs an index (state, _id) in core/db.py, asked for",
+}
 
 
-def tolerated(collection: str, query: dict[str, Any]) -> str | None:
-    """Why a scan of this query is tolerated (None: it is not)."""
+def tolerated(collection: str, query: dict[str, Any], sort: dict[str, Any] | None = None) -> str | None:
+    """Why a scan (or, with ``sort``, an in-memory sort) of this query is tolerated (None: it is not)."""
     if collection in TOLERATED:
         return TOLERATED[collection]
+    if sort is None and (reason := SHAPES_TOLERATED.get((collection, json.dumps(shape(query))))):
+        return reason
+    if sort is not None:
+        return SORTS_TOLERATED.get((collection, tuple(sort.items()), frozenset(query) - {"qual_name"}))
+    return None
+
+
+def _bound(query: dict[str, Any], field: str) -> str | None:
+    """How ``query`` bounds ``field`` on an index: ``point`` (one value, or a few: ``$in``), ``range``, or None."""
+    if field not in query:
+        return None
+    condition = query[field]
+    if not (isinstance(condition, dict) and any(key.startswith("$") for key in condition)):
+        return "point"
+    if set(condition) <= {"$eq", "$in"}:
+        return "point"
+    if set(condition) <= {"$gt", "$gte", "$lt", "$lte"}:
+        return "range"
+    return None
+
+
+def ordered_by(key: list[tuple[str, int]], query: dict[str, Any], sort: dict[str, Any]) -> bool:
+    """Whether MongoDB reads ``query`` in ``sort`` order from an index on ``key``, bounded by the query.
+
+    The index's leading fields are held to one value each (or a few with
+    ``$in``, whose scans MongoDB merges in order), the sort's keys follow in
+    its order (or all reversed: the index walked backwards), and the query
+    bounds the index's first field (else the walk reads the whole index).
+    """
+    wanted = [(field, int(direction)) for field, direction in sort.items()]
+    fixed = 0
+    while fixed < len(key) and key[fixed][0] not in sort and _bound(query, key[fixed][0]) == "point":
+        fixed += 1
+    rest = [(field, int(direction)) for field, direction in key[fixed:fixed + len(wanted)]]
+    reversed_ = [(field, -direction) for field, direction in wanted]
+    return rest in (wanted, reversed_) and _bound(query, key[0][0]) is not None
+
+
+async def index_ordering(db: Database, collection: str, query: dict[str, Any],
+                         sort: dict[str, Any]) -> str | None:
+    """The name of an index from which MongoDB reads ``query`` in ``sort`` order (None: there is none)."""
+    async for index in await db.db[collection].list_indexes():
+        if ordered_by(list(index["key"].items()), query, sort):
+            return index["name"]
     return None
 
 
@@ -162,14 +226,16 @@ class Finding:
     query: dict[str, Any]
     sort: dict[str, Any] | None
     plan: dict[str, Any]
+    #: ``scan`` (no index serves the filter) or ``sort`` (the sort is done in memory).
+    kind: str = "scan"
 
     def __str__(self) -> str:
-        return (f"{self.collection}: filter {json.dumps(shape(self.query))} sort {json.dumps(self.sort)}\n"
-                f"    plan {json.dumps(self.plan, default=str)}")
+        return (f"{self.kind}: {self.collection}: filter {json.dumps(shape(self.query))} "
+                f"sort {json.dumps(self.sort)}\n    plan {json.dumps(self.plan, default=str)}")
 
 
 async def scans(db: Database, recorded: list[dict[str, Any]]) -> tuple[list[Finding], int]:
-    """The recorded query shapes that no index serves, and how many shapes there were."""
+    """The recorded query shapes that no index serves, or whose sort none does, and how many shapes there were."""
     seen: set[str] = set()
     found = []
     for command in recorded:
@@ -185,6 +251,15 @@ async def scans(db: Database, recorded: list[dict[str, Any]]) -> tuple[list[Find
                 warnings.warn(f"tolerated scan ({reason}): {Finding(collection, query, sort, plan)}")
             elif not ok:
                 found.append(Finding(collection, query, sort, plan))
+            if sort and "SORT" in stages(plan := await winning_plan(db, collection, query, sort)):
+                finding = Finding(collection, query, sort, plan, kind="sort")
+                if index := await index_ordering(db, collection, query, sort):
+                    warnings.warn(f"sorted in memory by the embedded server only (MongoDB reads it in order "
+                                  f"from index {index}): {finding}")
+                elif reason := tolerated(collection, query, sort):
+                    warnings.warn(f"tolerated sort ({reason}): {finding}")
+                else:
+                    found.append(finding)
     return found, len(seen)
 
 
@@ -228,8 +303,9 @@ async def exercise_api_and_worker(db: Database, config: Config, classes: dict[st
             assert (await reader.post("/login", json={"username": "reader", "password": "read-pw"})).status_code == 200
             # Writes with the login cookie need an Origin (CSRF): the admin sends a token instead.
             http.headers["Authorization"] = f"Bearer {server.auth.issue_token(admin)[0]}"
-            done = ObjectId((await http.post("/job/enqueue", json={"qual_name": DUMMY, "args": {"sleep": 0},
-                                                          "follow": False})).json()["data"])
+            # A few log lines: the command line reads its log by the page too.
+            done = ObjectId((await http.post("/job/enqueue", json={"qual_name": DUMMY, "follow": False, "args": {
+                "sleep": 0.1, "loop_time": 0.05}})).json()["data"])
             failing = ObjectId((await http.post("/job/enqueue", json={"qual_name": FAIL, "follow": False,
                                                              "attempts": 1})).json()["data"])
             slow = ObjectId((await http.post("/job/enqueue", json={"qual_name": DUMMY, "args": {"sleep": 30},
@@ -280,16 +356,28 @@ async def exercise_api_and_worker(db: Database, config: Config, classes: dict[st
 
 
 def exercise_cli(env: dict[str, str], job_id: str) -> None:
-    """The commands that read: listings, show, log, stats, workers, jobs, users, export."""
+    """The commands that read: listings (and their cursor pages), show, log, stats, workers, jobs, users, export."""
     runner = CliRunner()
     for args in (["queue"], ["queue", "--state", "pending", "--search", "*Dummy*"], ["journal"],
                  ["journal", "--since", "2020-01-01", "--qual-name", DUMMY], ["show", job_id], ["log", job_id],
                  ["stats"], ["workers"], ["jobs"], ["jobs", "--all"], ["user", "list"],
                  ["journal", "export", "--until", "2100-01-01", "--with-logs"],
                  ["journal", "export", "--since", "2024-01-01", "--until", "2100-01-01"],
-                 ["enqueue", DUMMY, "sleep=0"], ["kill", "--no-wait", job_id]):
+                 ["enqueue", DUMMY, "sleep=0"], ["enqueue", DUMMY, "sleep=0"], ["kill", "--no-wait", job_id]):
         result = runner.invoke(cli, args, env=env, prog_name="jobdeck")
         assert result.exit_code in (0, 1), (args, result.output)
+    # Cursor pages (two jobs were enqueued above): the page after a first page of one, and the page before that.
+    for listing in (["queue"], ["journal"], ["log", job_id]):
+        pages = [listing + ["--json", "--per-page", "1"]]
+        for cursor in ("next", "prev"):
+            result = runner.invoke(cli, pages[-1], env=env, prog_name="jobdeck")
+            assert result.exit_code == 0, (pages[-1], result.output)
+            page = json.loads(result.stdout)
+            assert page[cursor], (pages[-1], f"no {cursor} page to read", page)
+            pages.append(listing + ["--json", "--per-page", "1", "--after" if cursor == "next" else "--before",
+                                    page[cursor]])
+        result = runner.invoke(cli, pages[-1], env=env, prog_name="jobdeck")
+        assert result.exit_code == 0, (pages[-1], result.output)
 
 
 async def test_every_query_of_the_api_the_command_line_and_the_worker_uses_an_index(
@@ -302,7 +390,8 @@ async def test_every_query_of_the_api_the_command_line_and_the_worker_uses_an_in
     await retention.sweep(db, 0.001)
     found, shapes = await scans(db, recorder.commands)
     assert shapes > 40, f"only {shapes} query shapes were recorded"
-    assert not found, f"{len(found)} of {shapes} query shapes scan a collection:\n" + "\n".join(map(str, found))
+    assert not found, (f"{len(found)} findings in {shapes} query shapes (a scan of a collection, or a sort no "
+                       "index serves):\n" + "\n".join(map(str, found)))
 
 
 async def test_the_check_sees_a_query_without_an_index(recorded: tuple[Database, Recorder]) -> None:
@@ -312,6 +401,33 @@ async def test_the_check_sees_a_query_without_an_index(recorded: tuple[Database,
     found, _ = await scans(db, recorder.commands)
     assert [(f.collection, f.query) for f in found] == [("journal", {"args.month": "2026-01"})]
     assert "COLLSCAN" in str(found[0])
+
+
+async def test_the_check_sees_a_sort_no_index_serves(recorded: tuple[Database, Recorder]) -> None:
+    db, recorder = recorded
+    await db.journal.find_one({"state": "complete"}, sort=[("runtime", -1)])  # filtered by an index, sorted in memory
+    # The embedded server sorts these in memory too; MongoDB reads them in order from an index.
+    await db.log.find_one({"job_id": ObjectId()}, sort=[("seq", -1)])
+    await db.queue.find_one({"state": {"$in": ["pending", "failed"]}}, sort=[("priority", -1), ("_id", 1)])
+    await db.journal.find_one({"finished_at": {"$lt": datetime.now(timezone.utc)}, "state": "complete"},
+                              sort=[("finished_at", -1), ("_id", -1)])
+    found, _ = await scans(db, recorder.commands)
+    assert [(f.kind, f.collection, f.sort) for f in found] == [("sort", "journal", {"runtime": -1})]
+    assert '"stage": "SORT"' in str(found[0])
+
+
+def test_an_index_orders_a_query_after_the_fields_it_holds_to_one_value() -> None:
+    claim = [("state", 1), ("priority", -1), ("_id", 1)]
+    by_priority = {"priority": -1, "_id": 1}
+    assert ordered_by(claim, {"state": "pending"}, by_priority)
+    assert ordered_by(claim, {"state": {"$in": ["pending", "failed"]}, "qual_name": "x"}, by_priority)
+    assert ordered_by(claim, {"state": "pending"}, {"priority": 1, "_id": -1})  # walked backwards
+    assert not ordered_by(claim, {"state": "pending"}, {"_id": 1})  # priority comes between
+    assert not ordered_by(claim, {"state": {"$ne": "pending"}}, by_priority)  # not a point: many orders
+    assert not ordered_by(claim, {"qual_name": "x"}, by_priority)  # state not held: unordered
+    assert not ordered_by([("_id", 1)], {"state": "pending"}, {"_id": 1})  # a walk of the whole index
+    assert ordered_by([("finished_at", -1), ("_id", -1)], {"finished_at": {"$lt": 1}, "state": "complete"},
+                      {"finished_at": -1, "_id": -1})
 
 
 async def test_the_journal_sweep_and_export_use_indexes(recorded: tuple[Database, Recorder]) -> None:
