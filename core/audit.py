@@ -10,7 +10,10 @@ characters, since some come from strangers (the name of a failed login);
 one ordered ``bulkWrite`` command where the server has it (MongoDB 8.0+, the
 embedded server), so that an enqueue costs one round trip; else one insert
 after the other. Either way the entry is written only once the document is,
-and the caller hears of every error: none is lost silently. ``RecordedInserts``
+and the caller hears of every error: none is lost silently. ``also`` gives
+further documents to insert with those that went in (a job's counted
+change, ``core.counts``), between the documents and the entries, in the same
+command where one command is used. ``RecordedInserts``
 does the same for many concurrent callers at once (the server's enqueues):
 those that arrive while a write is under way go in together next, which
 costs the database about half as much per document.
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from pymongo import InsertOne
 from pymongo.errors import BulkWriteError, ClientBulkWriteException, DuplicateKeyError, PyMongoError, WriteError
@@ -29,9 +32,12 @@ if TYPE_CHECKING:
 
     from core.db import Database
 
-__all__ = ["record", "insert_recorded", "RecordedInserts", "entry", "recent", "MAX_NAME"]
+__all__ = ["record", "insert_recorded", "RecordedInserts", "Also", "entry", "recent", "MAX_NAME"]
 
 MAX_NAME = 100
+
+#: The documents to insert with inserted documents: ``(collection, document)`` each.
+Also = Callable[[list[dict[str, Any]]], list[tuple["AsyncCollection", dict[str, Any]]]]
 
 
 async def record(db: Database, action: str, *, actor: str, target: str | None = None,
@@ -44,14 +50,15 @@ async def record(db: Database, action: str, *, actor: str, target: str | None = 
 
 
 async def insert_recorded(db: Database, collection: AsyncCollection, document: dict[str, Any], action: str, *,
-                          actor: str, target: str | None = None, **detail: Any) -> None:
+                          actor: str, target: str | None = None, also: Also | None = None,
+                          **detail: Any) -> None:
     """Insert ``document`` into ``collection`` and record ``action`` (like ``record``), in one command if possible.
 
     Raises ``DuplicateKeyError`` as ``insert_one`` does (nothing is recorded
     then), and any other error of either write; after an error in writing the
     entry the document may be in without it, as with two separate inserts.
     """
-    await _insert_pair(db, collection, document, entry(action, actor=actor, target=target, **detail))
+    await _insert_pair(db, collection, document, entry(action, actor=actor, target=target, **detail), also)
 
 
 class RecordedInserts:
@@ -69,9 +76,11 @@ class RecordedInserts:
     ``insert_recorded``.
     """
 
-    def __init__(self, db: Database, collection: AsyncCollection, *, max_batch: int = 500) -> None:
+    def __init__(self, db: Database, collection: AsyncCollection, *, max_batch: int = 500,
+                 also: Also | None = None) -> None:
         self.db = db
         self.collection = collection
+        self.also = also
         self.max_batch = max_batch
         self.batches = 0  # writes made so far
         self._pending: list[tuple[dict[str, Any], dict[str, Any], asyncio.Future[None]]] = []
@@ -99,7 +108,7 @@ class RecordedInserts:
             try:
                 if len(batch) == 1:
                     (document, made, done), = batch
-                    await _insert_pair(self.db, self.collection, document, made)
+                    await _insert_pair(self.db, self.collection, document, made, self.also)
                     done.set_result(None)
                 else:
                     await self._write_batch(batch)
@@ -123,6 +132,7 @@ class RecordedInserts:
             batch[index][2].set_exception(kind(error.get("errmsg", "write error"), error.get("code"), error))
         written = [item for index, item in enumerate(batch) if index not in refused]
         if written:
+            await _insert_also(self.also, [document for document, _, _ in written])
             await self.db.audit.insert_many([made for _, made, _ in written], ordered=False)
         for _, _, done in written:
             done.set_result(None)
@@ -134,15 +144,26 @@ def _retrieved(done: asyncio.Future[None]) -> None:
         done.exception()
 
 
+async def _insert_also(also: Also | None, documents: list[dict[str, Any]]) -> None:
+    """Insert what goes with ``documents`` (one insert per collection)."""
+    by_collection: dict[str, tuple[AsyncCollection, list[dict[str, Any]]]] = {}
+    for collection, document in also(documents) if also else ():
+        by_collection.setdefault(collection.full_name, (collection, []))[1].append(document)
+    for collection, inserted in by_collection.values():
+        await collection.insert_many(inserted, ordered=False)
+
+
 async def _insert_pair(db: Database, collection: AsyncCollection, document: dict[str, Any],
-                       made: dict[str, Any]) -> None:
+                       made: dict[str, Any], also: Also | None = None) -> None:
     """``insert_recorded`` with the entry made already."""
     if not db.client_bulk_write:
         await collection.insert_one(document)
+        await _insert_also(also, [document])
         await db.audit.insert_one(made)
         return
+    with_it = [InsertOne(extra, namespace=into.full_name) for into, extra in (also([document]) if also else ())]
     try:
-        await db.client.bulk_write([InsertOne(document, namespace=collection.full_name),
+        await db.client.bulk_write([InsertOne(document, namespace=collection.full_name), *with_it,
                                     InsertOne(made, namespace=db.audit.full_name)], ordered=True)
     except ClientBulkWriteException as exc:
         # Raise what insert_one would have: e.g. ConnectionFailure (503), DuplicateKeyError (Conflict).

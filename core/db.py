@@ -6,16 +6,19 @@ MongoDB; close it with ``await db.close()``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure, PyMongoError
 from pymongo.read_concern import ReadConcern
 
+from core import counts
 from core.errors import DatabaseUnavailable
 
 if TYPE_CHECKING:
@@ -25,7 +28,10 @@ __all__ = ["Database", "COLLECTIONS", "LOG_TTL_INDEX"]
 
 log = logging.getLogger(__name__)
 
-COLLECTIONS = ("queue", "journal", "log", "registry", "user", "worker", "audit", "settings")
+#: Session ids a process keeps to publish (its driver reuses a few, about one per concurrent transaction).
+MAX_SESSIONS = 32
+
+COLLECTIONS = ("queue", "journal", "log", "registry", "user", "worker", "audit", "settings", "counts", "count_changes")
 LOG_TTL_INDEX = "log_ttl"
 
 # Every query jobdeck makes is served by one of these (the embedded server
@@ -74,6 +80,8 @@ class Database:
     worker: AsyncCollection
     audit: AsyncCollection
     settings: AsyncCollection
+    counts: AsyncCollection
+    count_changes: AsyncCollection
 
     def __init__(self, client: AsyncMongoClient, name: str) -> None:
         self.client = client
@@ -86,6 +94,9 @@ class Database:
         self.change_streams = False
         #: Whether the server runs ``bulkWrite`` across collections (MongoDB 8.0+).
         self.client_bulk_write = False
+        #: The ids of the sessions this process ran transactions in, and who publishes them (see ``session``).
+        self.sessions: dict[bytes, dict[str, Any]] = {}
+        self.publish_sessions: Callable[[list[dict[str, Any]]], Awaitable[Any]] | None = None
         #: This process's caches of documents, by collection (see ``changed``).
         self.caches: dict[str, list[Cache]] = {}
         for collection in COLLECTIONS:
@@ -117,6 +128,34 @@ class Database:
         )
         return cls(client, name)
 
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncClientSession]:
+        """A session for a transaction; a session id not seen before is published first.
+
+        A process killed in the middle of a transaction leaves it open, and
+        its writes locked, until the server's transaction lifetime ends (60 s
+        by default). ``publish_sessions`` (a worker sets it) writes the ids
+        this process may have transactions in (the driver reuses a few,
+        about one per concurrent transaction; the latest ``MAX_SESSIONS``)
+        where whoever reaps its jobs finds them to end them (``kill_sessions``).
+        """
+        async with self.client.start_session() as session:
+            lsid = session.session_id
+            key = bytes(lsid["id"])
+            known = key in self.sessions
+            self.sessions.pop(key, None)
+            self.sessions[key] = lsid
+            while len(self.sessions) > MAX_SESSIONS:
+                self.sessions.pop(next(iter(self.sessions)))
+            if not known and self.publish_sessions is not None:
+                await self.publish_sessions(list(self.sessions.values()))
+            yield session
+
+    async def kill_sessions(self, sessions: list[Any]) -> None:
+        """End the sessions ``sessions`` (ids a dead process published) and their open transactions."""
+        if sessions:
+            await self.client.admin.command("killSessions", sessions)
+
     def majority(self, collection: AsyncCollection) -> AsyncCollection:
         """``collection`` read with ``majority`` read concern: for decisions (claims, reaping, the journal)."""
         return collection.with_options(read_concern=ReadConcern("majority"))
@@ -144,7 +183,8 @@ class Database:
 
     async def setup(self, *, log_retention_days: float) -> None:
         """Learn what the server supports; create every index idempotently, and
-        the ``log`` TTL index at its configured age.
+        the ``log`` TTL index at its configured age; count the jobs of a
+        database never counted (``core.counts.ensure``).
 
         Raises ``DatabaseUnavailable`` when MongoDB cannot be reached.
         """
@@ -156,6 +196,7 @@ class Database:
             for collection, models in _INDEXES.items():
                 await self.db[collection].create_indexes(models)
             await self._ensure_log_ttl(int(log_retention_days * 86400))
+            await counts.ensure(self)
         except ConnectionFailure as exc:
             raise DatabaseUnavailable(f"MongoDB is unreachable: {exc}") from None
 

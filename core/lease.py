@@ -83,8 +83,17 @@ async def reap_expired(db: Database, lease_seconds: float, *, now: datetime | No
     if not expired:
         return 0
     owners = {(job.get("locked") or {}).get("worker") for job in expired}
-    alive = {worker["_id"] for worker in await db.majority(db.worker).find(
-        {"_id": {"$in": [owner for owner in owners if owner]}, "heartbeat": {"$gte": cutoff}}, {"_id": 1}).to_list()}
+    found = await db.majority(db.worker).find({"_id": {"$in": [owner for owner in owners if owner]}},
+                                              {"heartbeat": 1, "sessions": 1}).to_list()
+    alive = {worker["_id"] for worker in found if worker.get("heartbeat") and worker["heartbeat"] >= cutoff}
+    # A worker killed in the middle of ending a job left its transaction open, the job locked until
+    # the server's transaction lifetime ends (60 s): end its sessions, so that its jobs can be reaped now.
+    lost = [lsid for worker in found if worker["_id"] not in alive for lsid in worker.get("sessions") or ()]
+    if lost:
+        try:
+            await db.kill_sessions(lost)
+        except PyMongoError as exc:
+            log.warning("cannot end the sessions of lost workers (%s); their jobs wait for the server", exc)
     reaped = 0
     for job in expired:
         try:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import PyMongoError
 
-from core import logs
+from core import counts, logs
 from core.tasks import stop_task
 
 if TYPE_CHECKING:
@@ -129,13 +129,26 @@ async def _ids(db: Database, query: dict[str, Any], batch: int) -> list[Any]:
 
 
 async def _remove(db: Database, ids: list[Any], pause: float) -> int:
-    """Delete the log records of ``ids``, then the jobs (in this order: no record outlives its job)."""
+    """Delete the log records of ``ids``, then the jobs and their counts (no record outlives its job)."""
     for i in range(0, len(ids), _LOG_BATCH):
         await db.log.delete_many({"job_id": {"$in": ids[i:i + _LOG_BATCH]}})
-    result = await db.journal.delete_many({"_id": {"$in": ids}})
+
+    async def delete(session: Any = None) -> int:
+        # Read in the transaction: a job another server's sweep deleted first is not uncounted twice.
+        jobs = await db.journal.find({"_id": {"$in": ids}}, {"qual_name": 1, "state": 1},
+                                     session=session).to_list()
+        result = await db.journal.delete_many({"_id": {"$in": [job["_id"] for job in jobs]}}, session=session)
+        await counts.write(db, counts.removed(jobs), session=session)
+        return result.deleted_count
+
+    if db.transactions:
+        async with db.session() as session:
+            deleted = await session.with_transaction(delete)
+    else:
+        deleted = await delete()
     db.changed("journal")
     await asyncio.sleep(pause)
-    return result.deleted_count
+    return deleted
 
 
 class Sweeper:

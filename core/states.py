@@ -16,19 +16,22 @@ workers): one conditional update on ``{_id, state, version}`` that bumps
 ``version``, so of two actors racing for the same job exactly one wins; the
 loser gets ``Conflict``. A transition to a
 final state also moves the job from ``queue`` to ``journal``: in a transaction
-(two writes: delete from the queue, insert into the journal) when the server
-has them, otherwise in an order that ``complete_moves`` can
-finish after a crash (a job is never in neither collection, and a copy left in
-``queue`` has a final state, so no reader takes it for live).
+(delete from the queue, insert into the journal) when the server has them,
+otherwise in an order that ``complete_moves`` can finish after a crash (a job
+is never in neither collection, and a copy left in ``queue`` has a final
+state, so no reader takes it for live). A transition that changes what the
+job is counted under writes its counts in the same transaction
+(``core.counts``).
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from pymongo import ReplaceOne
 
+from core import counts
 from core.errors import Conflict
 
 if TYPE_CHECKING:
@@ -96,13 +99,13 @@ async def transition(db: Database, job: dict[str, Any], to: State, *, fence: dic
     condition = {"_id": job["_id"], "state": source.value, **(fence or {"version": job["version"]})}
     update = {"$set": {"state": to.value, **fields}, "$inc": {"version": 1}}
     if to not in FINAL:
-        if not (await db.queue.update_one(condition, update)).modified_count:
-            raise _lost(job)
+        await _change(db, condition, update, job, counts.moved(job, to.value, final=False, now=_now()))
         return {**job, **fields, "state": to.value, "version": job["version"] + 1}
+    finished_at = fields.get("finished_at") if isinstance(fields.get("finished_at"), datetime) else _now()
     if db.transactions:
-        # Two writes: the job leaves the queue (as it is now, not as read) and enters the journal.
-        # A read and a delete, not findAndModify: on the embedded server that costs what the
-        # collection holds, these cost the same with a million jobs queued. In the transaction
+        # Three writes: the job leaves the queue (as it is now, not as read), enters the journal, and
+        # is counted. A read and a delete, not findAndModify: on the embedded server that costs what
+        # the collection holds, these cost the same with a million jobs queued. In the transaction
         # the delete conflicts with any write since the read, which makes it start over.
         async def move(session: Any) -> dict[str, Any]:
             current = await db.queue.find_one(condition, session=session)
@@ -111,16 +114,33 @@ async def transition(db: Database, job: dict[str, Any], to: State, *, fence: dic
                 raise _lost(job)
             after = {**current, **fields, "state": to.value, "version": current["version"] + 1}
             await db.journal.replace_one({"_id": job["_id"]}, after, upsert=True, session=session)
+            await counts.write(db, [counts.moved(current, to.value, final=True, now=finished_at)], session=session)
             return after
-        async with db.client.start_session() as session:
+        async with db.session() as session:
             return await session.with_transaction(move)
-    if not (await db.queue.update_one(condition, update)).modified_count:
-        raise _lost(job)
+    await _change(db, condition, update, job, counts.moved(job, to.value, final=True, now=finished_at))
     after = await db.queue.find_one({"_id": job["_id"], "state": to.value})
     if after is None:  # moved meanwhile by complete_moves
         return await db.journal.find_one({"_id": job["_id"]}) or {**job, **fields, "state": to.value}
     await _move(db, [after])
     return after
+
+
+async def _change(db: Database, condition: dict[str, Any], update: dict[str, Any], job: dict[str, Any],
+                  change: counts.Change | None) -> None:
+    """The conditional update of a job and its counts: in one transaction where the server has them."""
+    if change is not None and db.transactions:
+        async def write(session: Any) -> None:
+            if not (await db.queue.update_one(condition, update, session=session)).modified_count:
+                raise _lost(job)
+            await counts.write(db, [change], session=session)
+        async with db.session() as session:
+            await session.with_transaction(write)
+        return
+    if not (await db.queue.update_one(condition, update)).modified_count:
+        raise _lost(job)
+    if change is not None:  # a crash right here leaves the counts off by this job (see core.counts)
+        await counts.write(db, [change])
 
 
 async def claim(db: Database, ids: list[Any], *, locked: dict[str, Any], now: datetime) -> dict[str, Any] | None:
@@ -135,9 +155,11 @@ async def claim(db: Database, ids: list[Any], *, locked: dict[str, Any], now: da
     10,000, while an update and a read by ``_id`` cost 3 and 2 ms at any
     size.) It starts a new trial: ``trial`` + 1, ``locked`` set,
     ``started_at`` kept from the first trial, progress cleared, ``version``
-    bumped. None if every one of ``ids`` was taken.
+    bumped, and ``claimed_from`` the state it left (a running job is counted
+    under it: a claim changes no count, see ``core.counts``). None if every
+    one of ``ids`` was taken.
     """
-    start = [{"$set": {"state": State.RUNNING.value, "trial": {"$add": ["$trial", 1]},
+    start = [{"$set": {"state": State.RUNNING.value, "claimed_from": "$state", "trial": {"$add": ["$trial", 1]},
                        "locked": {"$literal": locked}, "started_at": {"$ifNull": ["$started_at", now]},
                        "prog": {"$literal": {"value": 0.0, "message": None}}, "version": {"$add": ["$version", 1]}}}]
     for job_id in ids:
@@ -153,6 +175,10 @@ async def claim(db: Database, ids: list[Any], *, locked: dict[str, Any], now: da
 
 #: The states a claim takes a job from.
 _CLAIMABLE = sorted(state.value for state in WAITING if State.RUNNING in TRANSITIONS[state])
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def _lost(job: dict[str, Any]) -> Conflict:

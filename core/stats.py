@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
 
+from core import counts
 from core.listing import QUERY_TIMEOUT_MS, combine, time_limited
 from core.permissions import READ, is_admin, may, readable_filter
 from core.states import FINAL, LIVE, State
@@ -20,43 +21,79 @@ if TYPE_CHECKING:
 __all__ = ["stats", "workers"]
 
 
-async def _count_by_state(collection: Any, visible: dict[str, Any], states: frozenset[State]) -> dict[str, int]:
-    return {state.value: await collection.count_documents(combine(visible, {"state": state.value}),
-                                                          maxTimeMS=QUERY_TIMEOUT_MS)
-            for state in sorted(states, key=list(State).index)}
-
-
 async def stats(db: Database, *, user: dict[str, Any], lease_seconds: float) -> dict[str, Any]:
-    """Counts per state, oldest pending age, running per worker, alive workers, finished per minute.
+    """Counts per state and per class, oldest pending age, running per worker, alive workers, finished per minute.
 
-    Only jobs ``user`` may read are counted.
+    Only jobs ``user`` may read are counted. The counts come from
+    ``core.counts`` (one document per job class and a second's changes) and
+    the running jobs (at most the workers' slots, and those not reaped yet):
+    the cost does not grow with the queue or the journal.
+    ``oldest_pending_seconds`` reads the jobs made in the minute of the
+    oldest pending one.
     """
     now = datetime.now(timezone.utc)
     visible = readable_filter(user)
     with time_limited("counting the statistics"):
-        queue = await _count_by_state(db.queue, visible, LIVE)
-        journal = await _count_by_state(db.journal, visible, FINAL)
-        oldest = await db.queue.find_one(combine(visible, {"state": State.PENDING.value}),
-                                         {"enqueued.at": 1}, sort=[("_id", 1)], max_time_ms=QUERY_TIMEOUT_MS)
-        running: dict[str, int] = {}
-        async for job in db.queue.find(combine(visible, {"state": State.RUNNING.value}), {"locked.worker": 1},
-                                       max_time_ms=QUERY_TIMEOUT_MS):
+        counted = [change for name, change in (await counts.read(db, max_time_ms=QUERY_TIMEOUT_MS)).items()
+                   if may(user, name, READ)]
+        running = await db.queue.find(combine(visible, {"state": State.RUNNING.value}),
+                                      {"qual_name": 1, "state": 1, "claimed_from": 1, "locked.worker": 1},
+                                      max_time_ms=QUERY_TIMEOUT_MS).to_list()
+        classes = {change.qual_name: {state: change.states.get(state, 0) for state in _STATES}
+                   for change in counted}
+        waiting: dict[str, int] = {}  # jobs resting pending by minute, less those running
+        for change in counted:
+            for minute, n in change.waiting.items():
+                waiting[minute] = waiting.get(minute, 0) + n
+        per_worker: dict[str, int] = {}
+        for job in running:
+            figures = classes.setdefault(job["qual_name"], dict.fromkeys(_STATES, 0))
+            figures[State.RUNNING.value] += 1
+            figures[counts.resting(job)] -= 1
+            if counts.resting(job) == State.PENDING.value:
+                minute = counts.minute_of(job["_id"])
+                waiting[minute] = waiting.get(minute, 0) - 1
             worker = (job.get("locked") or {}).get("worker") or "?"
-            running[worker] = running.get(worker, 0) + 1
+            per_worker[worker] = per_worker.get(worker, 0) + 1
+        oldest = await _oldest_pending(db, visible, sorted((m for m, n in waiting.items() if n > 0),
+                                                           key=lambda m: int(m[1:])))
         alive = await db.worker.count_documents(
             {"heartbeat": {"$gte": now - timedelta(seconds=lease_seconds)}}, maxTimeMS=QUERY_TIMEOUT_MS)
-        last_minute = await db.journal.count_documents(
-            combine(visible, {"finished_at": {"$gte": now - timedelta(minutes=1)}}), maxTimeMS=QUERY_TIMEOUT_MS)
-        last_hour = await db.journal.count_documents(
-            combine(visible, {"finished_at": {"$gte": now - timedelta(hours=1)}}), maxTimeMS=QUERY_TIMEOUT_MS)
+    slot = counts.slot_of(now)
+    totals = {state: sum(figures[state] for figures in classes.values()) for state in _STATES}
     return {
-        "queue": queue,
-        "journal": journal,
-        "oldest_pending_seconds": round((now - oldest["enqueued"]["at"]).total_seconds(), 3) if oldest else None,
-        "running_per_worker": running,
+        "queue": {state: totals[state] for state in _STATES if State(state) in LIVE},
+        "journal": {state: totals[state] for state in _STATES if State(state) in FINAL},
+        "classes": {name: {state: n for state, n in figures.items() if n}
+                    for name, figures in sorted(classes.items()) if any(figures.values())},
+        "oldest_pending_seconds": round((now - oldest).total_seconds(), 3) if oldest else None,
+        "running_per_worker": per_worker,
         "workers_alive": alive,
-        "finished_per_minute": {"last_minute": last_minute, "last_hour": round(last_hour / 60, 2)},
+        "finished_per_minute": {
+            # The current 10 s slot and the five before it: the last 50 to 60 s.
+            "last_minute": sum(n for change in counted for s, n in change.done.items() if s > slot - 6),
+            "last_hour": round(sum(sum(change.done.values()) for change in counted) / 60, 2)},
     }
+
+
+#: The states in the order they are shown.
+_STATES = [state.value for state in State]
+
+
+async def _oldest_pending(db: Database, visible: dict[str, Any], minutes: list[str]) -> datetime | None:
+    """When the oldest pending job was enqueued: the first pending one of the oldest minutes that hold one.
+
+    (A minute's count may include a job claimed or ended a moment ago: then
+    the next minute is read; after three, the minute itself answers.)
+    """
+    for minute in minutes[:3]:
+        job = await db.queue.find_one(combine(visible, {"_id": counts.minute_range(minute),
+                                                        "state": State.PENDING.value}),
+                                      {"enqueued.at": 1}, sort=[("_id", 1)], hint=[("_id", 1)],
+                                      max_time_ms=QUERY_TIMEOUT_MS)
+        if job is not None:
+            return job["enqueued"]["at"]
+    return counts.minute_range(minutes[0])["$gte"].generation_time if minutes else None
 
 
 async def workers(db: Database, *, user: dict[str, Any], lease_seconds: float) -> list[dict[str, Any]]:

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from pymongo.errors import PyMongoError
 
 from core import claim as claiming
-from core import forkserver, registry, states
+from core import counts, forkserver, registry, states
 from core.lease import Leases, reap_expired
 from core.process import JobProcess
 from core.retention import Sweeper
@@ -104,6 +104,7 @@ class Worker:
                                              reopened=self._check_kills, inserted=self._job_inserted,
                                              retry_seconds=poll_seconds)
         self.sweeper = Sweeper(db, retention_days=config.journal_retention_days)
+        self.folder = counts.Folder(db)
         self._checks: set[asyncio.Task[None]] = set()
         #: The fork server, while jobs are started by fork (None: spawned).
         self.launcher: forkserver.ForkServer | None = None
@@ -115,7 +116,9 @@ class Worker:
         await self.db.worker.update_one({"_id": self.id}, [{"$set": {
             "_id": self.id, "host": self.host, "pid": os.getpid(), "started": "$$NOW", "heartbeat": "$$NOW",
             "slots": self.slots, "running": [], "jobs": sorted(self.classes),
-            "import_errors": {"$literal": self.import_errors}}}], upsert=True)
+            "import_errors": {"$literal": self.import_errors},
+            "sessions": {"$literal": list(self.db.sessions.values())}}}], upsert=True)
+        self.db.publish_sessions = self._publish_sessions
         self._offer_again()
         offering = self._offering
         await asyncio.wait({offering}, timeout=self.config.lease_seconds)
@@ -128,6 +131,7 @@ class Worker:
         self._claimer = asyncio.create_task(self._claim_loop(), name="worker-claim")
         self.leases.start()
         self.sweeper.start()
+        self.folder.start()
         if self.db.change_streams:
             self.watcher.start()
         log.info("worker %s started with %d slots for %d job classes, jobs started by %s", self.id, self.slots,
@@ -180,6 +184,7 @@ class Worker:
         await self.watcher.stop()
         await self.leases.stop()
         await self.sweeper.stop()
+        await self.folder.stop()
         for task in list(self._checks):
             task.cancel()
         if self.launcher is not None:
@@ -188,6 +193,10 @@ class Worker:
         with contextlib.suppress(PyMongoError):
             await self.db.worker.delete_one({"_id": self.id})
         log.info("worker %s stopped", self.id)
+
+    async def _publish_sessions(self, sessions: list[dict[str, Any]]) -> None:
+        """Where the reaper finds them if this process dies in a transaction (see ``Database.session``)."""
+        await self.db.worker.update_one({"_id": self.id}, {"$set": {"sessions": sessions}})
 
     # -- offering ------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from tornado.netutil import bind_sockets
 from tornado.log import access_log
 from tornado.web import Application, RequestHandler
 
+from core import counts
 from core.audit import RecordedInserts
 from core.auth import Authenticator, load_secret
 from core.cache import Cache
@@ -96,7 +97,9 @@ class Server:
         self.user_cache = Cache(db, "user", hub=self.hub)
         self.registry_cache = Cache(db, "registry", hub=self.hub)
         #: Enqueues arriving together are written together (see ``core.audit``).
-        self.job_inserts = RecordedInserts(db, db.queue)
+        self.job_inserts = RecordedInserts(db, db.queue, also=counts.inserts(db))
+        #: Folds the job counts' changes (so does every worker; see ``core.counts``).
+        self.folder = counts.Folder(db)
         self.http: HTTPServer | None = None
         self.services: Services | None = None
         self.port: int | None = None
@@ -107,6 +110,7 @@ class Server:
             self.auth = Authenticator(self.db, await load_secret(self.db),
                                       token_seconds=self.config.token_hours * 3600, user_cache=self.user_cache)
         await self.hub.start()
+        self.folder.start()
         self.services = services = Services(self.config, self.db, self.auth, self.hub, keepalive=self.keepalive,
                                             registry_cache=self.registry_cache, job_inserts=self.job_inserts,
                                             job_import_errors=self.job_import_errors)
@@ -137,5 +141,6 @@ class Server:
             await self.http.close_all_connections()
             self.http = None
         await self.job_inserts.stop()
+        await self.folder.stop()
         self.user_cache.close()
         self.registry_cache.close()

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator
 import click
 from pymongo.errors import PyMongoError
 
-from core import journal, logs, queue, registry, retention, stats
+from core import counts, journal, logs, queue, registry, retention, stats
 from core.config import Config
 from core.db import Database
 from core.encoding import dumps
@@ -591,16 +591,29 @@ def jobs_(show_all: bool, as_json: bool) -> None:
 
 @cli.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+@click.option("--rebuild", is_flag=True, help="Recount every job first (reads the queue and the journal in full).")
 @config_option
-def stats_(as_json: bool) -> None:
-    """Counts per state, oldest pending job, running per worker, throughput."""
+def stats_(as_json: bool, rebuild: bool) -> None:
+    """Counts per state and class, oldest pending job, running per worker, throughput."""
     config = load_config()
-    found = run_with_database(config, lambda db: stats.stats(db, user=_user(), lease_seconds=config.lease_seconds))
+
+    async def work(db: Any) -> dict[str, Any]:
+        if rebuild:
+            totals = await counts.rebuild(db)
+            click.echo(f"recounted {sum(totals.values())} jobs", err=True)
+        return await stats.stats(db, user=_user(), lease_seconds=config.lease_seconds)
+
+    found = run_with_database(config, work)
     if as_json:
         print_json(found)
         return
     click.echo("queue:    " + "  ".join(f"{k} {v}" for k, v in found["queue"].items()))
     click.echo("journal:  " + "  ".join(f"{k} {v}" for k, v in found["journal"].items()))
+    if found["classes"]:
+        states = [state for state in (*found["queue"], *found["journal"])
+                  if any(state in figures for figures in found["classes"].values())]
+        print_table([{"qual_name": name, **{state: figures.get(state, 0) for state in states}}
+                     for name, figures in found["classes"].items()], ["qual_name", *states])
     oldest = found["oldest_pending_seconds"]
     click.echo(f"oldest pending: {f'{oldest:.1f} s' if oldest is not None else '-'}")
     click.echo(f"workers alive: {found['workers_alive']}")

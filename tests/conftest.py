@@ -172,6 +172,44 @@ async def worker(worker_factory: Callable[..., Awaitable[Worker]]) -> Worker:
     return await worker_factory()
 
 
+_WORKER_SCRIPT = """
+import asyncio, sys
+from core import registry
+from core.config import Config
+from core.db import Database
+from core.worker import Worker
+
+async def main(url, name, job_start, slots, lease):
+    config = Config(mongo_url=url, database=name, lease_seconds=float(lease), heartbeat_seconds=0.5,
+                    job_start=job_start)
+    db = Database.connect(url, name)
+    await db.setup(log_retention_days=config.log_retention_days)
+    classes = registry.discover()
+    await registry.sync(db, classes)
+    worker = Worker(db, config, classes=classes, slots=int(slots), kill_grace=0.5, poll_seconds=0.2)
+    await worker.start()
+    print("started", worker.id, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main(*sys.argv[1:6]))
+"""
+
+
+async def worker_process(config: Config, *, job_start: str = "fork", slots: int = 1, lease_seconds: float = 3,
+                         stderr: Any = asyncio.subprocess.DEVNULL) -> asyncio.subprocess.Process:
+    """A worker in a process of its own (and its own session: ``os.killpg`` kills it whole), once started.
+
+    Heartbeat every 0.5 s; the example jobs. Its first line on stdout was ``started <id>``.
+    """
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _WORKER_SCRIPT, config.mongo_url, config.database, job_start, str(slots),
+        str(lease_seconds), cwd=Path(__file__).resolve().parents[1], stdout=asyncio.subprocess.PIPE,
+        stderr=stderr, start_new_session=True)
+    line = await asyncio.wait_for(process.stdout.readline(), 30)
+    assert line.startswith(b"started"), f"the worker process did not start: {line!r}"
+    return process
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -158,15 +158,13 @@ TOLERATED = {
 }
 #: Scans of one query shape (collection, filter shape as ``shape`` gives it), with why each is tolerated.
 SHAPES_TOLERATED = {
-    ("counts", "{}"): "the job counts are one small document per job class and shard: stats reads them all",
+    ("counts", "{}"): "the job counts are one small document per job class: stats reads them all",
+    ("count_changes", "{}"): "the counted changes not folded yet, about a second's worth: stats and the "
+                              "folders read them all",
 }
 #: Sorts no index gives, by collection, sort and the fields of the filter (the permission filter's
 #: ``qual_name`` aside), with why each is tolerated for now.
-SORTS_TOLERATED = {
-    ("queue", (("_id", 1),), frozenset({"state"})):
-        "stats' oldest pending job (by state, sorted by _id): no index holds state then _id (claim is state, "
-        "priority, _id), so MongoDB sorts every pending job; it needs an index (state, _id) in core/db.py, asked for",
-}
+SORTS_TOLERATED: dict[tuple[str, tuple[tuple[str, int], ...], frozenset[str]], str] = {}
 
 
 def tolerated(collection: str, query: dict[str, Any], sort: dict[str, Any] | None = None) -> str | None:

@@ -6,7 +6,6 @@ import dataclasses
 import functools
 import os
 import signal
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -24,11 +23,10 @@ from core.db import Database
 from core.job import Job
 from core.states import State, transition
 from core.worker import Worker, reap_expired
-from tests.conftest import wait_for
+from tests.conftest import wait_for, worker_process
 
 ADMIN = queue.operator("test")
 DUMMY = "jobs.example.DummyJob"
-ROOT = Path(__file__).resolve().parents[1]
 
 StartWorker = Callable[..., Awaitable[Worker]]
 
@@ -496,38 +494,12 @@ async def test_reap_expired_leaves_jobs_with_a_fresh_lease_alone(db: Database, j
     assert (await db.queue.find_one({"_id": job["_id"]}))["state"] == "running"
 
 
-WORKER_SCRIPT = """
-import asyncio, sys
-from core import registry
-from core.config import Config
-from core.db import Database
-from core.worker import Worker
-
-async def main(url, name, job_start):
-    config = Config(mongo_url=url, database=name, lease_seconds=3, heartbeat_seconds=0.5, job_start=job_start)
-    db = Database.connect(url, name)
-    await db.setup(log_retention_days=config.log_retention_days)
-    classes = registry.discover()
-    await registry.sync(db, classes)
-    worker = Worker(db, config, classes=classes, slots=1, kill_grace=0.5, poll_seconds=0.2)
-    await worker.start()
-    print("started", worker.id, flush=True)
-    await asyncio.Event().wait()
-
-asyncio.run(main(*sys.argv[1:4]))
-"""
-
-
 @pytest.mark.parametrize("job_start", ["fork", "spawn"])
 async def test_job_of_a_killed_worker_is_reaped_and_completed_once_by_another(
         db: Database, config: Config, start_worker: StartWorker, tmp_path: Path, job_start: str) -> None:
     with open(tmp_path / "worker.err", "wb") as errors:
-        lost = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", WORKER_SCRIPT, config.mongo_url, config.database, job_start, cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE, stderr=errors)
+        lost = await worker_process(config, job_start=job_start, stderr=errors)
     try:
-        line = await asyncio.wait_for(lost.stdout.readline(), 30)
-        assert line.startswith(b"started"), (tmp_path / "worker.err").read_text()
         job = await enqueue(db, args={"sleep": 1.5, "loop_time": 0.1}, attempts=2)
         process = psutil.Process((await running_with_pid(db, job["_id"]))["locked"]["pid"])
         await wait_for(lambda: db.log.find_one({"job_id": job["_id"], "trial": 1}),

@@ -7,6 +7,8 @@ happens exactly once, and every log line is stored once, in order.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import dataclasses
 import time
 from datetime import datetime, timedelta, timezone
@@ -22,9 +24,8 @@ from core.config import Config
 from core.db import Database
 from core.embedded import EmbeddedServer
 from core.lease import reap_expired
-from core.states import State, transition
 from core.worker import Worker
-from tests.conftest import wait_for
+from tests.conftest import wait_for, worker_process
 
 ADMIN = queue.operator("test")
 DUMMY = "jobs.example.DummyJob"
@@ -343,3 +344,38 @@ async def test_the_log_buffer_is_bounded_in_bytes(db: Database) -> None:
     await asyncio.wait_for(asyncio.gather(blocked, second), 20)
     await writer.close()
     assert [r["seq"] for r in await db.log.find({"job_id": writer.job_id}).sort("seq", 1).to_list()] == [1, 2, 3]
+
+
+async def test_a_worker_killed_in_the_middle_of_ending_a_job_does_not_hold_it_for_the_transaction_lifetime(
+        db: Database, config: Config, job_classes: dict[str, Any], worker_factory: Any) -> None:
+    # Every commit is held back by the server for 7 s: the worker's end of its job stays an open
+    # transaction, its writes locked, until the server's transaction lifetime (60 s) or the hold ends.
+    await db.client.admin.command({"configureFailPoint": "failCommand", "mode": "alwaysOn", "data": {
+        "failCommands": ["commitTransaction"], "blockConnection": True, "blockTimeMS": 7_000}})
+    lost = await worker_process(config, lease_seconds=2)
+    try:
+        job = await queue.enqueue(db, DUMMY, {"sleep": 0}, user=ADMIN, attempts=2)
+        await wait_for(lambda: db.queue.find_one({"_id": job["_id"], "state": "running"}), message="the claim")
+        await wait_for(lambda: _ending(db, lost.pid), message="the worker to be ending the job")
+        os.killpg(lost.pid, signal.SIGKILL)
+        await lost.wait()
+    finally:
+        await db.client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+        if lost.returncode is None:
+            os.killpg(lost.pid, signal.SIGKILL)
+            await lost.wait()
+    started = time.monotonic()
+
+    # the reaper ends the dead worker's sessions, so the job is reaped and run again at once
+    await worker_factory(slots=1, lease_seconds=2, heartbeat_seconds=0.5)
+    done = await finished(db, job["_id"], timeout=6)
+
+    assert time.monotonic() - started < 6  # (the held commit would have ended the job at 7 s, trial 1)
+    assert done["state"] == "complete" and done["trial"] == 2
+    assert done["last_error"]["exception"] == "WorkerLost"
+
+
+async def _ending(db: Database, pid: int) -> bool:
+    """Whether the worker process ``pid`` is committing a transaction (held back by the fail point)."""
+    operations = (await db.client.admin.command({"currentOp": True})).get("inprog", [])
+    return any(op.get("command", {}).get("commitTransaction") for op in operations)

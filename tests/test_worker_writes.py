@@ -91,9 +91,13 @@ async def test_a_noop_job_costs_five_writes_from_enqueue_to_journal(config: Conf
     assert writes[("update", "queue")] == jobs, said
     assert writes[("delete", "queue")] == jobs, said
     assert writes[("update", "journal")] == jobs, said  # replace, upserted
-    assert counts[("commitTransaction", "")] == jobs
+    # and each job's counted change, inserted with its enqueue and with its end (core.counts)
+    assert writes[("insert", "count_changes")] == 2 * jobs, said
+    folds = counts.get(("delete", "count_changes"), 0)  # the worker's folder: a transaction each
+    assert counts[("commitTransaction", "")] == jobs + folds, said
     assert commands.total() == 5 * jobs, said
-    assert writes.get(("update", "worker"), 0) <= 1  # the worker's heartbeat is the worker's, not per job
+    # the worker's heartbeat, and its session ids once each (core.db: Database.session), not per job
+    assert writes.get(("update", "worker"), 0) <= 1 + len(db.sessions), said
     # no read of the log (first trials); claims from the ready list, read once
     assert ("find", "log") not in counts
     assert worker.claimer.scans <= 2  # at start, and once more when its change stream has opened
