@@ -3,7 +3,8 @@
 Request counts; jobs finished and their durations by ``qual_name``, counted
 from the hub's change stream (every job any worker finishes, from this
 server's start: with several servers, each counts them all); the hub's own
-figures; and the queue, journal and workers, read at scrape time.
+figures; and the queue, journal, job classes and workers, read at scrape time
+(from ``core.stats``, which reads the counts ``core.counts`` keeps).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from core.permissions import require_admin
+from core.states import State
 from core.stats import stats
 
 if TYPE_CHECKING:
@@ -38,6 +40,8 @@ class Metrics:
                                    ["qual_name"], buckets=DURATION_BUCKETS, registry=self.registry)
         self.jobs = Gauge("jobdeck_jobs", "Jobs per collection and state", ["collection", "state"],
                           registry=self.registry)
+        self.classes = Gauge("jobdeck_class_jobs", "Jobs per class and state (queue and journal)",
+                             ["qual_name", "state"], registry=self.registry)
         self.oldest_pending = Gauge("jobdeck_oldest_pending_seconds", "Age of the oldest pending job",
                                     registry=self.registry)
         self.workers_alive = Gauge("jobdeck_workers_alive", "Workers with a heartbeat within the lease",
@@ -71,6 +75,12 @@ class Metrics:
         for collection in ("queue", "journal"):
             for state, count in figures[collection].items():
                 self.jobs.labels(collection, state).set(count)
+        # Cleared first, so a class that has no jobs any more is no longer reported. No await
+        # between here and generate_latest: a concurrent scrape never sees it half set.
+        self.classes.clear()
+        for qual_name, states in figures["classes"].items():
+            for state in State:
+                self.classes.labels(qual_name, state.value).set(states.get(state.value, 0))
         self.oldest_pending.set(figures["oldest_pending_seconds"] or 0)
         self.workers_alive.set(figures["workers_alive"])
         self.last_minute.set(figures["finished_per_minute"]["last_minute"])

@@ -1,14 +1,27 @@
-"""Prometheus metrics: counters are counters, and finished jobs are counted by class and state."""
+"""Prometheus metrics: counters are counters, finished jobs are counted by class and state, jobs per class."""
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta, timezone
 
 import httpx
 
 from core import queue
 from core.db import Database
+from core.retention import sweep
+from core.states import State
+from core.stats import stats
 from handlers.app import Server
 from tests.conftest import wait_for
+
+
+def class_jobs(text: str) -> dict[str, dict[str, float]]:
+    """Every ``jobdeck_class_jobs`` sample: qual_name -> state -> value."""
+    found: dict[str, dict[str, float]] = {}
+    for qual_name, state, value in re.findall(
+            r'^jobdeck_class_jobs\{qual_name="([^"]*)",state="([^"]*)"\} (\S+)$', text, re.M):
+        found.setdefault(qual_name, {})[state] = float(value)
+    return found
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
@@ -46,3 +59,31 @@ async def test_counters_that_only_grow_are_typed_as_counters(server: Server, adm
     assert "# TYPE jobdeck_hub_subscribers gauge" in text
     assert sample(text, "jobdeck_hub_change_streams_opened_total") == 1
     assert "# TYPE jobdeck_job_duration_seconds histogram" in text
+
+
+async def test_jobs_per_class_equal_the_counts_and_a_class_without_jobs_is_dropped(server: Server, admin,
+                                                                                  db: Database, worker):
+    async with httpx.AsyncClient(base_url=server.url, auth=("admin", "hans"), timeout=30) as http:
+        for qual_name in ("jobs.example.NoopJob", "jobs.example.NoopJob", "jobs.example.FailJob"):
+            await queue.enqueue(db, qual_name, {}, user=admin, attempts=1)
+        await queue.enqueue(db, "jobs.example.DummyJob", {}, user=admin, delay=3600)  # waits, pending
+
+        async def finished() -> dict[str, dict[str, float]] | None:
+            found = class_jobs((await http.get("/metrics")).text)
+            done = (found.get("jobs.example.NoopJob", {}).get("complete"),
+                    found.get("jobs.example.FailJob", {}).get("error"))
+            return found if done == (2, 1) else None
+
+        found = await wait_for(finished, timeout=60, message="three finished jobs in jobdeck_class_jobs")
+        # Nothing changes any more: the gauge is the counts, every state of a class (0 included).
+        classes = (await stats(db, user=admin, lease_seconds=60))["classes"]
+        assert found == {name: {state.value: float(states.get(state.value, 0)) for state in State}
+                         for name, states in classes.items()}
+        assert found["jobs.example.DummyJob"]["pending"] == 1
+        assert found["jobs.example.NoopJob"]["pending"] == 0
+
+        # The finished jobs leave the journal: their classes have no jobs, and are no longer reported.
+        await sweep(db, 0, now=datetime.now(timezone.utc) + timedelta(days=1))
+        found = class_jobs((await http.get("/metrics")).text)
+    assert set(found) == {"jobs.example.DummyJob"}
+    assert found["jobs.example.DummyJob"]["pending"] == 1
