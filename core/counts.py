@@ -102,6 +102,8 @@ class Change:
     states: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     waiting: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     done: dict[int, int] = field(default_factory=lambda: defaultdict(int))  # slot -> jobs finished
+    #: New jobs' priority levels: smallest and largest ``_id`` (the queue listing's hints, ``core.levels``).
+    levels: dict[int, tuple[ObjectId, ObjectId]] = field(default_factory=dict)
 
     def count(self, job: dict[str, Any], state: str, sign: int) -> None:
         """Count ``job`` (``sign`` +1) or uncount it (-1) under ``state``."""
@@ -113,11 +115,19 @@ class Change:
         for mine, theirs in ((self.states, other.states), (self.waiting, other.waiting), (self.done, other.done)):
             for key, n in theirs.items():
                 mine[key] += n
+        for level, (low, high) in other.levels.items():
+            self.enqueued_at(level, low, high)
+
+    def enqueued_at(self, level: int, low: ObjectId, high: ObjectId) -> None:
+        """Note new jobs at priority ``level``, ``_id`` from ``low`` to ``high``."""
+        known = self.levels.get(level)
+        self.levels[level] = (min(low, known[0]), max(high, known[1])) if known else (low, high)
 
     def record(self) -> dict[str, Any]:
         """The change as a ``count_changes`` document."""
         return {"_id": ObjectId(), "q": self.qual_name, "c": {k: n for k, n in self.states.items() if n},
-                "w": {k: n for k, n in self.waiting.items() if n}, "d": {str(k): n for k, n in self.done.items()}}
+                "w": {k: n for k, n in self.waiting.items() if n}, "d": {str(k): n for k, n in self.done.items()},
+                "l": {str(level): list(ids) for level, ids in self.levels.items()}}
 
     @classmethod
     def recorded(cls, record: dict[str, Any]) -> Change:
@@ -126,6 +136,8 @@ class Change:
         change.states.update(record.get("c") or {})
         change.waiting.update(record.get("w") or {})
         change.done.update({int(slot): n for slot, n in (record.get("d") or {}).items()})
+        for level, (low, high) in (record.get("l") or {}).items():
+            change.enqueued_at(int(level), low, high)
         return change
 
     @classmethod
@@ -170,8 +182,13 @@ def _group(jobs: Iterable[dict[str, Any]], sign: int) -> list[Change]:
 
 
 def added(jobs: Iterable[dict[str, Any]]) -> list[Change]:
-    """The change of new jobs (one per class)."""
-    return _group(jobs, +1)
+    """The change of new jobs (one per class), with their priority levels."""
+    jobs = list(jobs)
+    changes = {change.qual_name: change for change in _group(jobs, +1)}
+    for job in jobs:
+        if isinstance(job.get("priority"), int):
+            changes[job["qual_name"]].enqueued_at(job["priority"], job["_id"], job["_id"])
+    return list(changes.values())
 
 
 def removed(jobs: Iterable[dict[str, Any]]) -> list[Change]:
@@ -248,6 +265,7 @@ async def fold(db: Database, *, limit: int = FOLD_BATCH) -> int:
         while folded < limit and (record := await db.count_changes.find_one_and_delete({})) is not None:
             change = Change.recorded(record)
             await db.counts.update_one({"_id": change.qual_name}, change.update(), upsert=True)
+            await _note_levels(db, [change])
             folded += 1
         return folded
     records = await db.count_changes.find({}).limit(limit).to_list()
@@ -265,7 +283,20 @@ async def fold(db: Database, *, limit: int = FOLD_BATCH) -> int:
                 raise _Raced()  # another folder took some first: roll back, read again next time
             await db.counts.bulk_write([UpdateOne({"_id": name}, change.update(), upsert=True)
                                         for name, change in merged.items()], ordered=False, session=session)
+            await _note_levels(db, merged.values(), session)
     return len(records)
+
+
+async def _note_levels(db: Database, changes: Iterable[Change], session: Any = None) -> None:
+    """Tell the queue listing's hints the levels of new jobs (``core.levels``)."""
+    from core import levels  # (core.levels reads the queue: it needs more of core than this module)
+
+    seen = Change("")
+    for change in changes:
+        seen.add(Change("", levels=change.levels))
+    if seen.levels:
+        await db.settings.update_one({"_id": levels.HINTS_ID}, levels.enqueued(seen.levels), upsert=True,
+                                     session=session)
 
 
 class _Raced(PyMongoError):
@@ -331,9 +362,12 @@ async def rebuild(db: Database) -> dict[str, int]:
         finished = job.get("finished_at")
         if isinstance(finished, datetime) and slot_of(finished) >= first_slot:
             change.done[slot_of(finished)] += 1
-    async for job in db.queue.find({}, {"qual_name": 1, "state": 1, "claimed_from": 1}):
+    queued = Change("")  # the priority levels of the queue, for its listing's hints
+    async for job in db.queue.find({}, {"qual_name": 1, "state": 1, "claimed_from": 1, "priority": 1}):
         if job["_id"] not in journaled:  # (a finished job's copy waiting for its move is counted once)
             fresh.setdefault(job["qual_name"], Change(job["qual_name"])).count(job, resting(job), +1)
+            if isinstance(job.get("priority"), int):
+                queued.enqueued_at(job["priority"], job["_id"], job["_id"])
     documents = [{"_id": name, "qual_name": name, **{state: n for state, n in change.states.items() if n},
                   "waiting": {minute: n for minute, n in change.waiting.items() if n > 0},
                   "done": {f"s{slot % _RING}": {"t": slot, "n": n} for slot, n in change.done.items()}}
@@ -342,6 +376,7 @@ async def rebuild(db: Database) -> dict[str, int]:
     requests.append(DeleteMany({"_id": {"$nin": [doc["_id"] for doc in documents]}}))
     await db.counts.bulk_write(requests, ordered=True)
     await db.count_changes.delete_many({"_id": {"$lt": started}})
+    await _note_levels(db, [queued])
     await db.settings.replace_one({"_id": _SETTING}, {"_id": _SETTING, "built_at": datetime.now(timezone.utc)},
                                   upsert=True)
     totals = dict.fromkeys(RESTING, 0)

@@ -7,15 +7,18 @@ only cheap reads of that index are ranges of one level,
 ``{priority: p, _id: <window>}``. Two things cost a whole level to ask there:
 which levels exist, and where a level starts (its smallest ``_id``).
 
-So the listing keeps *hints* in the ``settings`` document ``queue_levels``:
-each priority level it has seen, with the smallest ``_id`` (``low``) and the
-largest (``high``) it found there. A hint is never trusted, only checked,
+So *hints* are kept in the ``settings`` document ``queue_levels``: per
+priority level, a smallest ``_id`` (``low.p<level>``) and a largest
+(``high.p<level>``). Every enqueue writes them as its counted change is
+folded, a second later (``core.counts``: ``$min``/``$max``), a recount seeds
+them (``counts.rebuild``), and the listing corrects what it finds. A hint is never trusted, only checked,
 each check a range expected to be empty (a few milliseconds): no jobs at a
 level between two hinted ones, none of a level below its ``low`` (walking
 backwards: above its ``high``). Jobs a check finds are listed in their place
 all the same and the hints corrected, so a page is exact whatever the hints
-say; they only decide what it costs. Hints are rewritten after a walk that
-corrected them (concurrent listings may overwrite each other: a hint, still).
+say; they only decide what it costs. A walk that corrected hints writes
+those levels' fields only (a listing and a fold at once may overwrite each
+other's value: still a hint, checked next time).
 
 **Cost.** A first or cursor page reads about a page of jobs and counts up to
 ``COUNT_PAGES`` pages from the start, plus:
@@ -24,8 +27,8 @@ corrected them (concurrent listings may overwrite each other: a hint, still).
   taken oldest first, and the walk crosses the gap in ``_id`` windows that
   grow 256 times while empty, so the window that reaches the oldest job may
   hold several times what was taken;
-- a level the hints do not know (a new priority, the first listing of a
-  database): it is read whole, once;
+- a level the hints do not know (jobs enqueued at a new priority within
+  the last second, not folded yet): it is read whole, once;
 - a ``before`` page that crosses into a higher level: the jobs enqueued at
   that level since its ``high`` was written.
 
@@ -58,7 +61,7 @@ from core.states import FINAL
 if TYPE_CHECKING:
     from core.db import Database
 
-__all__ = ["DISCOVERY_MS", "HINTS_ID", "ORDER", "Hints", "load_hints", "walk", "page"]
+__all__ = ["DISCOVERY_MS", "HINTS_ID", "ORDER", "Hints", "load_hints", "enqueued", "level_key", "walk", "page"]
 
 #: The ``settings`` document holding the hints.
 HINTS_ID = "queue_levels"
@@ -75,11 +78,11 @@ _ABOVE, _BELOW = float("inf"), float("-inf")
 
 @dataclass
 class Hints:
-    """Per priority level, the smallest and largest ``_id`` seen there; ``changed`` once corrected."""
+    """Per priority level, the smallest and largest ``_id`` seen there; ``changed``: the levels corrected."""
 
     low: dict[int, ObjectId] = field(default_factory=dict)
     high: dict[int, ObjectId] = field(default_factory=dict)
-    changed: bool = False
+    changed: set[int] = field(default_factory=set)
 
     def saw(self, items: list[dict[str, Any]], *, whole: bool, first: bool = False, last: bool = False) -> None:
         """Learn from ``items``: all of their levels (``whole``), or the start (``first``) or end of one."""
@@ -97,36 +100,58 @@ class Hints:
         if level in self.low or level in self.high:
             self.low.pop(level, None)
             self.high.pop(level, None)
-            self.changed = True
+            self.changed.add(level)
 
     def _set(self, table: dict[int, ObjectId], level: int, value: ObjectId) -> None:
         if table.get(level) != value:
             table[level] = value
-            self.changed = True
+            self.changed.add(level)
 
-    def document(self) -> dict[str, Any]:
-        """The ``settings`` document's ``levels`` field."""
-        return {"levels": [{"priority": level, "low": self.low.get(level), "high": self.high.get(level)}
-                           for level in sorted(set(self.low) | set(self.high), reverse=True)]}
+    def update(self) -> dict[str, Any]:
+        """The update of the ``settings`` document writing the corrected levels (only those)."""
+        values, gone = {}, {}
+        for level in self.changed:
+            for name, table in (("low", self.low), ("high", self.high)):
+                if level in table:
+                    values[f"{name}.{level_key(level)}"] = table[level]
+                else:
+                    gone[f"{name}.{level_key(level)}"] = ""
+        return {key: value for key, value in (("$set", values), ("$unset", gone)) if value}
+
+
+def level_key(level: int) -> str:
+    """The field of a level in the hints' ``low`` and ``high`` (``p5``, ``p-1``)."""
+    return f"p{level}"
+
+
+def enqueued(levels: dict[int, tuple[ObjectId, ObjectId]]) -> dict[str, Any]:
+    """The update of the hints for jobs enqueued at ``levels`` (level: smallest and largest new ``_id``).
+
+    Written as each enqueue's count is folded (``core.counts``), so the
+    listing knows every level and where it starts without reading it.
+    """
+    return {"$min": {f"low.{level_key(level)}": low for level, (low, _) in levels.items()},
+            "$max": {f"high.{level_key(level)}": high for level, (_, high) in levels.items()}}
 
 
 async def load_hints(db: Database) -> Hints:
     """The stored hints (none yet: empty)."""
     stored = await db.settings.find_one({"_id": HINTS_ID}, max_time_ms=QUERY_TIMEOUT_MS) or {}
     hints = Hints()
-    for entry in stored.get("levels") or []:
-        level = entry.get("priority")
-        if not isinstance(level, int) or isinstance(level, bool):
-            continue
-        if isinstance(entry.get("low"), ObjectId):
-            hints.low[level] = entry["low"]
-        if isinstance(entry.get("high"), ObjectId):
-            hints.high[level] = entry["high"]
+    for name, table in (("low", hints.low), ("high", hints.high)):
+        for key, value in (stored.get(name) or {}).items():
+            try:
+                level = int(key[1:])
+            except ValueError:
+                continue
+            if isinstance(value, ObjectId):
+                table[level] = value
     return hints
 
 
 async def _save(db: Database, hints: Hints) -> None:
-    await db.settings.update_one({"_id": HINTS_ID}, {"$set": hints.document()}, upsert=True)
+    if update := hints.update():
+        await db.settings.update_one({"_id": HINTS_ID}, update, upsert=True)
 
 
 def _key(item: dict[str, Any]) -> tuple[int, ObjectId]:

@@ -83,16 +83,24 @@ _STATES = [state.value for state in State]
 async def _oldest_pending(db: Database, visible: dict[str, Any], minutes: list[str]) -> datetime | None:
     """When the oldest pending job was enqueued: the first pending one of the oldest minutes that hold one.
 
-    (A minute's count may include a job claimed or ended a moment ago: then
-    the next minute is read; after three, the minute itself answers.)
+    A minute is read in windows of 1, 2, 4... seconds until one holds a pending
+    job, so a burst of jobs in that minute costs about a window of it. (A
+    minute's count may include a job claimed or ended a moment ago: then the
+    next minute is read; after three, the minute itself answers.)
     """
     for minute in minutes[:3]:
-        job = await db.queue.find_one(combine(visible, {"_id": counts.minute_range(minute),
-                                                        "state": State.PENDING.value}),
-                                      {"enqueued.at": 1}, sort=[("_id", 1)], hint=[("_id", 1)],
-                                      max_time_ms=QUERY_TIMEOUT_MS)
-        if job is not None:
-            return job["enqueued"]["at"]
+        bounds = counts.minute_range(minute)
+        start, end = bounds["$gte"].generation_time, bounds["$lt"].generation_time
+        width = timedelta(seconds=1)
+        while start < end:
+            stop = min(start + width, end)
+            job = await db.queue.find_one(
+                combine(visible, {"_id": {"$gte": ObjectId.from_datetime(start), "$lt": ObjectId.from_datetime(stop)},
+                                  "state": State.PENDING.value}),
+                {"enqueued.at": 1}, sort=[("_id", 1)], hint=[("_id", 1)], max_time_ms=QUERY_TIMEOUT_MS)
+            if job is not None:
+                return job["enqueued"]["at"]
+            start, width = stop, width * 2
     return counts.minute_range(minutes[0])["$gte"].generation_time if minutes else None
 
 

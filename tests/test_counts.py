@@ -163,9 +163,12 @@ async def test_rebuild_recounts_counts_gone_wrong_and_a_database_never_counted(d
     assert totals == {"pending": 2, "killed": 1, "deferred": 0, "failed": 0, "complete": 0, "error": 0,
                       "inactive": 0}
     await db.counts.drop()
-    await db.settings.delete_one({"_id": "counts"})
+    await db.settings.delete_many({"_id": {"$in": ["counts", "queue_levels"]}})
     assert await counts.ensure(db) and not await counts.ensure(db)
     assert await shown(db) == right
+    # and the queue listing learns where its priority level starts (core.levels)
+    first = (await db.queue.find({}, {"_id": 1}).sort("_id", 1).limit(1).to_list())[0]["_id"]
+    assert (await db.settings.find_one({"_id": "queue_levels"}))["low"] == {"p0": first}
 
 
 async def test_counts_equal_a_recount_after_a_random_run_with_workers_killed(
