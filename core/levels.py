@@ -61,7 +61,7 @@ from core.states import FINAL
 if TYPE_CHECKING:
     from core.db import Database
 
-__all__ = ["DISCOVERY_MS", "HINTS_ID", "ORDER", "Hints", "load_hints", "enqueued", "level_key", "walk", "page"]
+__all__ = ["HINTS_ID", "ORDER", "Hints", "load_hints", "enqueued", "level_key", "walk", "page"]
 
 #: The ``settings`` document holding the hints.
 HINTS_ID = "queue_levels"
@@ -69,9 +69,6 @@ HINTS_ID = "queue_levels"
 ORDER = [("priority", -1), ("_id", 1)]
 _STUB = {"_id": 1, "priority": 1, "state": 1}
 _FINAL = frozenset(state.value for state in FINAL)
-#: The time limit of a read of levels the hints do not know, which reads them whole (once per level):
-#: 100,000 jobs take 11 s on the embedded server, past ``QUERY_TIMEOUT_MS``.
-DISCOVERY_MS = QUERY_TIMEOUT_MS * 6
 # Beyond every priority (the walk's edges before it has a level).
 _ABOVE, _BELOW = float("inf"), float("-inf")
 
@@ -165,11 +162,10 @@ class _Reader:
         self.db = db
         self.query = query
 
-    async def read(self, bounds: dict[str, Any], *, forward: bool, discovery: bool = False
+    async def read(self, bounds: dict[str, Any], *, forward: bool
                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The live jobs in ``bounds`` matching the query, in walk order, and every job ``bounds`` held."""
-        limit_ms = DISCOVERY_MS if discovery else QUERY_TIMEOUT_MS
-        raw = await self.db.queue.find(bounds, _STUB, max_time_ms=limit_ms).to_list()
+        raw = await self.db.queue.find(bounds, _STUB, max_time_ms=QUERY_TIMEOUT_MS).to_list()
         raw = [item for item in raw if _is_level(item.get("priority"))]
         items = raw
         if raw and self.query:
@@ -206,7 +202,7 @@ async def _from_hint(reader: _Reader, hints: Hints, level: int, *, forward: bool
     """Up to about ``need`` jobs of ``level`` from its start (``forward``) or end, checking its hint on the way."""
     hint = (hints.low if forward else hints.high).get(level)
     if hint is None:
-        found, raw = await reader.read({"priority": level}, forward=forward, discovery=True)
+        found, raw = await reader.read({"priority": level}, forward=forward)
         hints.saw(raw, whole=True)
         if not raw:
             hints.forget(level)
@@ -254,7 +250,7 @@ async def walk(db: Database, query: dict[str, Any], position: Position | None, n
             break
         far = (_BELOW if forward else _ABOVE) if level is None else level
         gap = {"$lt": edge, "$gt": far} if forward else {"$gt": edge, "$lt": far}
-        unknown, raw = await reader.read({"priority": gap}, forward=forward, discovery=True)
+        unknown, raw = await reader.read({"priority": gap}, forward=forward)
         hints.saw(raw, whole=True)
         found.extend(unknown)
         if level is None or len(found) >= need:

@@ -12,7 +12,7 @@ import pytest
 from bson import ObjectId
 from pymongo import AsyncMongoClient, monitoring
 
-from core import journal, levels, listing, logs, queue, registry, stats
+from core import journal, listing, logs, queue, registry, stats
 from core.db import Database
 from core.errors import BadArgument, DatabaseUnavailable
 from core.listing import (JOB_FIELDS, MAX_PER_PAGE, MAX_WILDCARDS, OPERATORS, QUERY_TIMEOUT_MS,
@@ -673,9 +673,7 @@ async def test_every_query_of_a_listing_has_a_time_limit(config, db, everything,
     finally:
         await client.close()
     assert "find" in {name for name, _ in reads.limits}
-    # The queue's first read of a priority level unknown to its hints reads the level whole, once: longer.
-    allowed = {QUERY_TIMEOUT_MS, levels.DISCOVERY_MS} if listing_name == "queue" else {QUERY_TIMEOUT_MS}
-    assert all(limit in allowed for _, limit in reads.limits), reads.limits
+    assert reads.limits == [(name, QUERY_TIMEOUT_MS) for name, _ in reads.limits]
 
 
 @pytest.fixture
