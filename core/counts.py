@@ -333,6 +333,8 @@ class Folder:
                 if not failing:
                     log.info("folding the job counts failed (%s); trying again", exc)
                 failing = True
+            except Exception:  # noqa: BLE001 - a bug here must not stop the counts for good
+                log.exception("folding the job counts failed; trying again")
             await asyncio.sleep(self.interval * random.uniform(0.5, 1.5))
 
 
