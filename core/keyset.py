@@ -49,7 +49,7 @@ from core.listing import MAX_PER_PAGE, QUERY_TIMEOUT_MS, Page, paginate, time_li
 if TYPE_CHECKING:
     from pymongo.asynchronous.collection import AsyncCollection
 
-__all__ = ["COUNT_PAGES", "Position", "encode_cursor", "decode_cursor", "merge", "walk", "count_capped", "page_of"]
+__all__ = ["COUNT_PAGES", "Position", "encode_cursor", "decode_cursor", "merge", "walk", "count_capped", "page_of", "windows_from"]
 
 #: A first or cursor page counts its listing up to this many pages (``per_page`` items each), then says
 #: ``total_exact: false``: the count costs what ten pages hold.
@@ -225,7 +225,7 @@ def _before_start(start: Any, down: bool) -> dict[str, Any]:
     return {"$gt" if down else "$lt": start}
 
 
-def _windows_from(start: Any, kind: str, down: bool, inclusive: bool = True):
+def windows_from(start: Any, kind: str, down: bool, inclusive: bool = True):
     """Window ranges of ``kind`` values moving away from ``start``; send how many items each held.
 
     Each window is four times as wide as the one before (an empty
@@ -284,7 +284,7 @@ async def _level(collection: AsyncCollection, query: dict[str, Any], sort: list[
         return await read({("$lte" if first else "$lt") if down else ("$gte" if first else "$gt"): start})
     if first:
         found = await read(_before_start(start, down))
-    windows = _windows_from(start, kind, down, inclusive=first)
+    windows = windows_from(start, kind, down, inclusive=first)
     held = None
     while len(found) < need:
         try:
@@ -372,7 +372,7 @@ async def count_capped(collection: AsyncCollection, query: dict[str, Any], sort:
         return await collection.count_documents(merge({name: bounds}, query), maxTimeMS=QUERY_TIMEOUT_MS)
 
     total = await count(_before_start(start, down))
-    windows = _windows_from(start, kind, down)
+    windows = windows_from(start, kind, down)
     held = None
     while total <= cap:
         try:

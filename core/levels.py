@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 from bson import ObjectId
 
 from core.errors import BadArgument
-from core.keyset import COUNT_PAGES, Position, _check_per_page, _windows_from, decode_cursor, encode_cursor, merge
+from core.keyset import COUNT_PAGES, Position, _check_per_page, windows_from, decode_cursor, encode_cursor, merge
 from core.listing import QUERY_TIMEOUT_MS, Page, time_limited
 from core.states import FINAL
 
@@ -183,7 +183,7 @@ def _is_level(value: Any) -> bool:
 async def _level(reader: _Reader, level: int, start: ObjectId, *, forward: bool, inclusive: bool, need: int
                  ) -> AsyncGenerator[tuple[list[dict[str, Any]], list[dict[str, Any]]], None]:
     """``(jobs, raw)`` of ``level`` from ``start`` on, window by window, until ``need`` jobs are given or the end."""
-    windows = _windows_from(start, "oid", not forward, inclusive=inclusive)
+    windows = windows_from(start, "oid", not forward, inclusive=inclusive)
     held: int | None = None
     given = 0
     while given < need:

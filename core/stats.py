@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
 
-from core import counts, levels
+from core import counts, keyset, levels
 from core.listing import QUERY_TIMEOUT_MS, combine, time_limited
 from core.permissions import READ, is_admin, may, readable_filter
 from core.states import FINAL, LIVE, State
@@ -83,34 +83,47 @@ _STATES = [state.value for state in State]
 async def _oldest_pending(db: Database, user: dict[str, Any], minutes: list[str]) -> datetime | None:
     """When the oldest pending job was enqueued: the first pending one of the oldest minutes that hold one.
 
-    A minute is read one second of ``_id`` at a time, from the second where
-    the queue's oldest job may be (the listing's level hints, ``core.levels``)
-    or the minute's start, until a second holds a pending job ``user`` may
-    read: it costs the jobs made in that second. (The window alone is the
-    query: a condition on ``state`` beside it would let a planner read every
-    pending job instead. A minute's count may include a job claimed or ended
-    a moment ago: then the next minute is read; after three, the minute
-    itself answers.)
+    Each priority level the queue listing knows (``core.levels``) is read in
+    ``{priority, _id}`` windows (``core.keyset``: 64 ids wide at first, wider
+    while empty) from where the level starts or the minute does, until one
+    holds a pending job ``user`` may read: a burst of jobs in that minute
+    costs about a window of it. (A window of ``_id`` alone, or beside
+    ``state``, costs the whole queue on the embedded server. A minute's
+    count may include a job claimed or ended a moment ago: then the next
+    minute is read; after three, the minute itself answers.)
     """
     if not minutes:
         return None
     hints = await levels.load_hints(db)
-    oldest_id = min(hints.low.values(), default=None)
     for minute in minutes[:3]:
         bounds = counts.minute_range(minute)
-        start, end = bounds["$gte"].generation_time, bounds["$lt"].generation_time
-        if oldest_id is not None and start <= oldest_id.generation_time < end:
-            start = oldest_id.generation_time  # (no queued job is older)
-        while start < end:
-            stop = start + timedelta(seconds=1)
-            async for job in db.queue.find(
-                    {"_id": {"$gte": ObjectId.from_datetime(start), "$lt": ObjectId.from_datetime(stop)}},
-                    {"state": 1, "qual_name": 1, "enqueued.at": 1}, sort=[("_id", 1)], hint=[("_id", 1)],
-                    max_time_ms=QUERY_TIMEOUT_MS):
-                if job.get("state") == State.PENDING.value and may(user, str(job.get("qual_name")), READ):
-                    return job["enqueued"]["at"]
-            start = stop
+        found = [job for level, low in hints.low.items()
+                 if (job := await _first_pending(db, user, level, max(low, bounds["$gte"]), bounds["$lt"]))]
+        if found:
+            return min(found, key=lambda job: job["_id"])["enqueued"]["at"]
     return counts.minute_range(minutes[0])["$gte"].generation_time
+
+
+async def _first_pending(db: Database, user: dict[str, Any], level: int, start: ObjectId, end: ObjectId
+                         ) -> dict[str, Any] | None:
+    """The first pending job ``user`` may read at priority ``level`` with an ``_id`` from ``start`` to ``end``."""
+    windows = keyset.windows_from(start, "oid", down=False)
+    held = None
+    while start < end:
+        try:
+            window = next(windows) if held is None else windows.send(held)
+        except StopIteration:
+            return None
+        if window["$gte"] >= end:
+            return None
+        ids = {"$gte": window["$gte"], "$lte": min(window["$lte"], end)}
+        jobs = await db.queue.find({"priority": level, "_id": ids}, {"state": 1, "qual_name": 1, "enqueued.at": 1},
+                                   sort=[("_id", 1)], max_time_ms=QUERY_TIMEOUT_MS).to_list()
+        for job in jobs:
+            if job.get("state") == State.PENDING.value and may(user, str(job.get("qual_name")), READ):
+                return job
+        held = len(jobs)
+    return None
 
 
 async def workers(db: Database, *, user: dict[str, Any], lease_seconds: float) -> list[dict[str, Any]]:

@@ -78,10 +78,7 @@ class Recorder(monitoring.CommandListener):
 
 
 def queries(command: dict[str, Any], database: str) -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
-    """``(collection, filter, sort)`` of each query inside ``command`` (none for a change stream or an insert).
-
-    A ``find`` that names its index (``hint``) has it in its sort, as ``$hint``.
-    """
+    """``(collection, filter, sort)`` of each query inside ``command`` (none for a change stream or an insert)."""
     name = next(iter(command))
     if name == "bulkWrite":
         namespaces = [info["ns"].split(".", 1) for info in command["nsInfo"]]
@@ -93,8 +90,7 @@ def queries(command: dict[str, Any], database: str) -> list[tuple[str, dict[str,
         return found
     collection = command[name]
     if name == "find":
-        hint = {"$hint": command["hint"]} if command.get("hint") else {}
-        return [(collection, command.get("filter") or {}, {**(command.get("sort") or {}), **hint} or None)]
+        return [(collection, command.get("filter") or {}, command.get("sort"))]
     if name in ("count", "distinct"):
         return [(collection, command.get("query") or {}, None)]
     if name == "findAndModify":
@@ -134,9 +130,6 @@ def stages(plan: dict[str, Any]) -> list[str]:
 async def winning_plan(db: Database, collection: str, query: dict[str, Any],
                        sort: dict[str, Any] | None) -> dict[str, Any]:
     command: dict[str, Any] = {"find": collection, "filter": query}
-    sort = dict(sort or {})
-    if "$hint" in sort:
-        command["hint"] = sort.pop("$hint")
     if sort:
         command["sort"] = sort
     reply = await db.db.command("explain", command, verbosity="queryPlanner")
