@@ -72,6 +72,8 @@ NOT_RUNNABLE = {
     "pending ──claim──▶ running": "a diagram of the job states",
     "$ .venv/bin/python bench/engine.py": "benchmark output: the scripts take minutes, and the figures are "
                                           "those of one machine on one day",
+    "$ .venv/bin/python bench/scale.py --sizes": "benchmark output: populating 100,000 jobs takes minutes, and "
+                                                 "the figures are those of one machine on one day",
     "apt-get install redis-server": "installs system and Python packages (redis-server, the bench extra)",
     "batch2:777:1a2b": "needs live workers on several hosts with different job packages; tests/test_registry.py "
                        "runs two real workers with different packages",
