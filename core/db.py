@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 #: Session ids a process keeps to publish (its driver reuses a few, about one per concurrent transaction).
 MAX_SESSIONS = 32
 
-COLLECTIONS = ("queue", "journal", "log", "registry", "user", "worker", "audit", "settings", "counts", "count_changes")
+COLLECTIONS = ("queue", "journal", "log", "registry", "user", "worker", "audit", "settings", "counts", "count_changes",
+               "enqueue_keys")
 LOG_TTL_INDEX = "log_ttl"
 
 # Every query jobdeck makes is served by one of these (the embedded server
@@ -66,6 +67,8 @@ _INDEXES: dict[str, list[IndexModel]] = {
         # Deletes an entry at its ``expires`` date (failed logins); entries without one stay.
         IndexModel([("expires", ASCENDING)], name="expires", expireAfterSeconds=0),
     ],
+    # Idempotency keys (core.queue.enqueue_once): each is deleted at its ``expires`` date.
+    "enqueue_keys": [IndexModel([("expires", ASCENDING)], name="expires", expireAfterSeconds=0)],
 }
 
 
@@ -82,6 +85,7 @@ class Database:
     settings: AsyncCollection
     counts: AsyncCollection
     count_changes: AsyncCollection
+    enqueue_keys: AsyncCollection
 
     def __init__(self, client: AsyncMongoClient, name: str) -> None:
         self.client = client

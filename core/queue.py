@@ -6,16 +6,18 @@ forget to.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
+import random
 import socket
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
 from dateutil.parser import isoparse
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from core import audit, counts, registry
 from core.errors import BadArgument, Conflict, JobdeckError, NotFound
@@ -28,8 +30,8 @@ if TYPE_CHECKING:
     from core.cache import Cache
     from core.db import Database
 
-__all__ = ["enqueue", "enqueue_many", "start_time", "get", "require_readable", "find", "kill", "remove", "restart", "object_id", "operator", "check_options",
-           "OPTION_LIMITS", "MAX_BATCH", "MAX_DELAY"]
+__all__ = ["enqueue", "enqueue_once", "enqueue_many", "start_time", "get", "require_readable", "find", "kill", "remove", "restart", "object_id", "operator", "check_options",
+           "OPTION_LIMITS", "MAX_BATCH", "MAX_DELAY", "ONCE_RETRY_SECONDS"]
 
 _RETRIES = 20  # compare-and-set attempts before giving up on a busy job
 
@@ -190,6 +192,161 @@ async def enqueue(db: Database, qual_name: Any, args: Any = None, *, user: dict[
     except DuplicateKeyError:
         raise await _unique_conflict(db, job) from None
     return job
+
+
+#: How long ``enqueue_once`` tries again a transaction that met a concurrent one (an identical call).
+ONCE_RETRY_SECONDS = 5.0
+#: Job fields that later writes add, which ``extra`` may not name either.
+_LATER_FIELDS = frozenset({"unique_key", "claimed_from", "journal"})
+
+
+def _fingerprint(qual_name: str, args: Any, options: dict[str, Any], delay: Any, run_at: Any,
+                 extra: dict[str, Any]) -> str:
+    """The sha256 of an ``enqueue_once`` request: what a repeat with the same key must match."""
+    canonical = json.dumps({"qual_name": qual_name, "args": args, "options": options, "delay": delay,
+                            "run_at": run_at, "extra": extra}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _is_transient(exc: PyMongoError) -> bool:
+    """Whether a failed transaction may simply be run again (a write conflict with a concurrent one)."""
+    if isinstance(exc, ConnectionFailure):
+        return False  # the database is gone: a 503 now, not a request held for seconds
+    return exc.has_error_label("TransientTransactionError") or getattr(exc, "code", None) == 112  # WriteConflict
+
+
+async def _repeat(db: Database, held: dict[str, Any], fingerprint: str, qual_name: str) -> tuple[dict[str, Any], bool]:
+    """``(first_job, False)`` for a key held with ``fingerprint``; ``Conflict`` for one held with another."""
+    job_id = held["job_id"]
+    if held.get("fingerprint") != fingerprint:
+        raise Conflict(f"this key was used for job {job_id} with other arguments or options", job_id=str(job_id))
+    job, _ = await find(db, job_id)
+    if job is None:  # removed since, or (without transactions) not inserted yet
+        return {"_id": job_id, "qual_name": qual_name}, False
+    job.pop("unique_key", None)
+    return job, False
+
+
+async def enqueue_once(db: Database, key: str, qual_name: Any, args: Any = None, *, user: dict[str, Any],
+                       keep: timedelta, hostname: str | None = None, parent_id: ObjectId | None = None,
+                       delay: Any = None, run_at: Any = None, extra: dict[str, Any] | None = None,
+                       registry_cache: Cache | None = None, **options: Any) -> tuple[dict[str, Any], bool]:
+    """Enqueue like ``enqueue``, but once per ``key`` for ``keep``: ``(job, True)``, or ``(first_job, False)``.
+
+    A guard ``{_id: key, job_id, fingerprint, user, at, expires}`` in
+    ``enqueue_keys`` (deleted by its TTL index after ``expires``) is written
+    with the job: in one transaction with the job, its count change and its
+    ``job.enqueue`` entry where the server has them (tried again for up to
+    ``ONCE_RETRY_SECONDS`` on a write conflict, which concurrent identical
+    calls meet on the guard's ``_id``); without transactions the guard first,
+    then the job, and the guard deleted again if the job is not in.
+
+    The request's ``fingerprint`` covers qual_name, the checked arguments and
+    options given, ``delay``/``run_at`` as given and ``extra``. A key held
+    with the same fingerprint returns the first job (from the queue, else
+    the journal, else just ``{_id, qual_name}`` if it is gone) and writes
+    nothing; with another fingerprint it raises ``Conflict`` naming the
+    first job (``details["job_id"]``). Every check of ``enqueue`` runs first
+    and raises as there, also for a repeat. ``extra``: fields added to the
+    new job (e.g. a schedule's ``{"schedule": {"id", "tick"}}``); a name a
+    job has already is ``BadArgument``. A database error is raised as it
+    came (``ConnectionFailure``: 503), with neither guard nor job written
+    where transactions exist.
+    """
+    if not isinstance(key, str) or not key:
+        raise BadArgument("an idempotency key must be a non-empty string")
+    if not isinstance(keep, timedelta) or keep.total_seconds() <= 0:
+        raise BadArgument(f"keep must be a positive timedelta, got {keep!r}")
+    if extra is not None and not isinstance(extra, dict):
+        raise BadArgument(f"extra must be a dict of job fields, got {type(extra).__name__}")
+    extra = dict(extra or {})
+    entry = await registry.get_valid(db, qual_name, cache=registry_cache)
+    now = _now()
+    job = _new_job(entry, qual_name, args, options, user=user, hostname=hostname, parent_id=parent_id,
+                   now=now, delay=delay, run_at=run_at)
+    taken = [name for name in extra if not isinstance(name, str) or name in job or name in _LATER_FIELDS
+             or not name or name.startswith("$") or "." in name]
+    if taken:
+        raise BadArgument(f"extra field {str(taken[0])[:40]!r} is a job field or not a field name")
+    job.update(extra)
+    checked = check_options(entry.get("defaults", {}), options)
+    fingerprint = _fingerprint(qual_name, job["args"], {name: checked[name] for name in options}, delay, run_at,
+                               extra)
+    guard = {"_id": key, "job_id": job["_id"], "fingerprint": fingerprint, "user": user["name"], "at": now,
+             "expires": now + keep}
+    clock = asyncio.get_running_loop().time
+    deadline = clock() + ONCE_RETRY_SECONDS
+    pause = 0.005
+    while True:
+        held = await db.enqueue_keys.find_one({"_id": key})
+        if held is not None and held.get("job_id") == job["_id"]:
+            return job, True  # ours: a commit whose answer was lost went through
+        if held is not None and held["expires"] > _now():
+            return await _repeat(db, held, fingerprint, qual_name)
+        expired = None if held is None else held["expires"]  # the TTL monitor runs once a minute
+        try:
+            if db.transactions:
+                await _insert_once_in_transaction(db, guard, job, user, expired)
+            else:
+                await _insert_once(db, guard, job, user, expired)
+            return job, True
+        except _UniqueTaken:
+            raise await _unique_conflict(db, job) from None
+        except (DuplicateKeyError, _KeyChanged):
+            pass  # the key was taken (or its expired guard changed) meanwhile: read its holder again
+        except PyMongoError as exc:
+            if not _is_transient(exc) or clock() >= deadline:
+                raise
+        await asyncio.sleep(pause * random.uniform(0.5, 1.5))
+        pause = min(pause * 2, 0.2)
+        if clock() >= deadline:
+            raise Conflict("this key is being used by concurrent requests; try again")
+
+
+class _KeyChanged(Exception):
+    """Raised when an expired guard changed before ``enqueue_once`` could replace it."""
+
+
+class _UniqueTaken(Exception):
+    """Raised when ``enqueue_once``'s job is refused for its unique key (a live job has the same arguments)."""
+
+
+async def _insert_once_in_transaction(db: Database, guard: dict[str, Any], job: dict[str, Any],
+                                      user: dict[str, Any], expired: datetime | None) -> None:
+    """Write guard, job, count change and audit entry in one transaction (``expired``: the old guard's)."""
+    async with db.session() as session:
+        async with await session.start_transaction():
+            if expired is not None:
+                gone = await db.enqueue_keys.delete_one({"_id": guard["_id"], "expires": expired}, session=session)
+                if not gone.deleted_count:
+                    raise _KeyChanged()
+            await db.enqueue_keys.insert_one(guard, session=session)
+            try:
+                await db.queue.insert_one(job, session=session)
+            except DuplicateKeyError:
+                raise _UniqueTaken() from None
+            await counts.write(db, counts.added([job]), session=session)
+            await db.audit.insert_one(audit.entry("job.enqueue", **_record(job, user)), session=session)
+
+
+async def _insert_once(db: Database, guard: dict[str, Any], job: dict[str, Any], user: dict[str, Any],
+                       expired: datetime | None) -> None:
+    """Without transactions: the guard, then the job with its entry; the guard goes again if the job is not in."""
+    if expired is not None:
+        gone = await db.enqueue_keys.delete_one({"_id": guard["_id"], "expires": expired})
+        if not gone.deleted_count:
+            raise _KeyChanged()
+    await db.enqueue_keys.insert_one(guard)
+    try:
+        await audit.insert_recorded(db, db.queue, job, "job.enqueue", also=counts.inserts(db), **_record(job, user))
+    except BaseException as exc:
+        # The job may be in with its entry missing (see audit.insert_recorded): then the guard holds it.
+        with contextlib.suppress(PyMongoError):
+            if await db.queue.find_one({"_id": job["_id"]}, {"_id": 1}) is None:
+                await db.enqueue_keys.delete_one({"_id": guard["_id"], "job_id": job["_id"]})
+        if isinstance(exc, DuplicateKeyError):
+            raise _UniqueTaken() from None
+        raise
 
 
 _ITEM_FIELDS = ("qual_name", "args", "delay", "run_at")
