@@ -54,6 +54,7 @@ class Config:
     admin_password: str | None = None
     max_body_size: int = 1024 * 1024
     token_hours: float = 12.0
+    idempotency_hours: float = 24.0
     max_streams_per_user: int = 50
     max_streams: int = 2000
     log_level: str = "INFO"
@@ -202,7 +203,7 @@ def _check_range(key: str, value: Any, where: str) -> None:
     if key == "port" and not 0 <= value <= 65535:
         raise ConfigError(f"{where}: a port is between 0 and 65535, got {value}")
     if key in ("lease_seconds", "heartbeat_seconds", "log_retention_days", "journal_retention_days",
-               "token_hours", "max_body_size", "worker_slots", "max_streams_per_user",
+               "token_hours", "idempotency_hours", "max_body_size", "worker_slots", "max_streams_per_user",
                "max_streams") and value <= 0:
         raise ConfigError(f"{where}: must be greater than 0, got {value}")
     if key in ("kill_grace_seconds", "shutdown_grace_seconds") and value < 0:

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import random
+import re
 import socket
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -30,8 +31,8 @@ if TYPE_CHECKING:
     from core.cache import Cache
     from core.db import Database
 
-__all__ = ["enqueue", "enqueue_once", "enqueue_many", "start_time", "get", "require_readable", "find", "kill", "remove", "restart", "object_id", "operator", "check_options",
-           "OPTION_LIMITS", "MAX_BATCH", "MAX_DELAY", "ONCE_RETRY_SECONDS"]
+__all__ = ["enqueue", "enqueue_once", "enqueue_keyed", "idempotency_key", "enqueue_many", "start_time", "get", "require_readable", "find", "kill", "remove", "restart", "object_id", "operator", "check_options",
+           "OPTION_LIMITS", "MAX_BATCH", "MAX_DELAY", "ONCE_RETRY_SECONDS", "MAX_KEY"]
 
 _RETRIES = 20  # compare-and-set attempts before giving up on a busy job
 
@@ -347,6 +348,33 @@ async def _insert_once(db: Database, guard: dict[str, Any], job: dict[str, Any],
         if isinstance(exc, DuplicateKeyError):
             raise _UniqueTaken() from None
         raise
+
+
+#: Longest idempotency key a client may send, in characters.
+MAX_KEY = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def idempotency_key(user: dict[str, Any], key: Any) -> str:
+    """The ``enqueue_once`` key of a client's idempotency ``key``: each user has keys of its own.
+
+    Raises ``BadArgument`` unless ``key`` is text of 1 to ``MAX_KEY``
+    characters without control characters.
+    """
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY or _CONTROL.search(key):
+        raise BadArgument(f"an idempotency key must be 1 to {MAX_KEY} printable characters, got {str(key)[:40]!r}")
+    return "idem:" + hashlib.sha256(f"{user['name']}\0{key}".encode()).hexdigest()
+
+
+async def enqueue_keyed(db: Database, key: Any, qual_name: Any, args: Any = None, *, user: dict[str, Any],
+                        keep: timedelta, **settings: Any) -> tuple[dict[str, Any], bool]:
+    """``enqueue_once`` under a client's idempotency ``key`` (see ``idempotency_key``): ``(job, new)``.
+
+    A second enqueue by the same user with the same key within ``keep``
+    returns the first job and ``False``; with other arguments or options it
+    raises ``Conflict`` naming the first job.
+    """
+    return await enqueue_once(db, idempotency_key(user, key), qual_name, args, user=user, keep=keep, **settings)
 
 
 _ITEM_FIELDS = ("qual_name", "args", "delay", "run_at")

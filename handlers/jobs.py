@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, AsyncIterator, Callable, ContextManager
 
 from tornado.web import HTTPError
@@ -23,6 +23,11 @@ __all__ = ["RegistryHandler", "JobHandler", "EnqueueHandler", "BatchHandler", "Q
            "RestartHandler", "StatsHandler", "WorkerHandler", "UnknownActionHandler"]
 
 _FOLLOW = Param("follow", "boolean", "stream the job as Server-Sent Events (default true)", default=True)
+_KEY_TEXT = (f"idempotency key, 1 to {queue.MAX_KEY} characters without control characters: a repeat by the same "
+             "user within idempotency_hours enqueues nothing and replies the first job")
+_KEY_SCHEMA = {"minLength": 1, "maxLength": queue.MAX_KEY, "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*$"}
+_KEY = Param("key", "string", _KEY_TEXT + " (or the Idempotency-Key header)", schema=_KEY_SCHEMA)
+_KEY_HEADER = Param("Idempotency-Key", "string", _KEY_TEXT + " (or the key field)", schema=_KEY_SCHEMA)
 _LAST_EVENT = Param("last_event_id", "string", "resume after this event id (or the Last-Event-ID header)")
 _OPTIONS = tuple(Param(name, "integer" if kind is int else "number", f"enqueue option {name} (default: the job "
                        f"class's), {low:g} to {high:g}", minimum=low, maximum=high)
@@ -71,6 +76,17 @@ class _JobBase(SSEHandler):
 
     def reply_page(self, page: Any) -> None:
         self.reply(page.items, **page.envelope_fields())
+
+    def idempotency_key(self) -> str | None:
+        """The request's idempotency key: the ``Idempotency-Key`` header or the ``key`` field, or None.
+
+        Raises ``BadArgument`` when both are given with different values.
+        """
+        header = self.request.headers.get("Idempotency-Key")
+        field = self.arg("key", str, None)
+        if header is not None and field is not None and header != field:
+            raise BadArgument("the Idempotency-Key header and the key field differ; give one of them")
+        return field if field is not None else header
 
     # -- long-lived requests: capped, and their rights re-checked ----------
 
@@ -183,21 +199,36 @@ class JobHandler(QueueHandler):
     api = {"get": QueueHandler._op, "post": Op(
         "Enqueue a job; with follow (default) stream it as Server-Sent Events, else reply its id",
         (Param("qual_name", "string", "the job's qualified class name", required=True),
-         Param("args", "object", "the job's arguments"), _FOLLOW) + _OPTIONS + _START,
-        reply="Id", sse=True, sse_optional=True, errors=(400, 401, 403, 404, 409, 413))}
+         Param("args", "object", "the job's arguments"), _FOLLOW) + _OPTIONS + _START + (_KEY,),
+        reply="Id", sse=True, sse_optional=True, errors=(400, 401, 403, 404, 409, 413),
+        headers=(_KEY_HEADER,), reply_headers=("Idempotent-Replayed",), description=(
+            "With an idempotency key (the `Idempotency-Key` header or the `key` field; both only with the same "
+            "value), a repeat of the request by the same user within `idempotency_hours` (default 24) enqueues "
+            "nothing: it replies the first job's id (or, with follow, streams the first job) with 200 and the "
+            "header `Idempotent-Replayed: true`. The same key with other arguments or options is a 409 whose "
+            "`details.job_id` is the first job. Each user has keys of its own."))}
 
     async def post(self) -> None:
         options = {name: self.arg(name, float if name not in ("attempts", "priority") else int)
                    for name in OPTIONS if self.args.get(name) is not None}
         start = {"delay": self.arg("delay", float, None), "run_at": self.arg("run_at", datetime, None)}
         following = self.arg("follow", bool, True)  # read before enqueueing: a bad value enqueues nothing
+        key = self.idempotency_key()
         # The stream slot is taken first: a refused stream enqueues nothing.
         with self.slot() if following else contextlib.nullcontext():
-            job = await queue.enqueue(self.services.db, self.arg("qual_name"), self.arg("args", dict, {}),
-                                      user=self.current_user, hostname=self.client_ip,
-                                      registry_cache=self.services.registry_cache,
-                                      inserts=self.services.job_inserts,
-                                      **start, **options)
+            if key is None:
+                job = await queue.enqueue(self.services.db, self.arg("qual_name"), self.arg("args", dict, {}),
+                                          user=self.current_user, hostname=self.client_ip,
+                                          registry_cache=self.services.registry_cache,
+                                          inserts=self.services.job_inserts,
+                                          **start, **options)
+            else:
+                job, new = await queue.enqueue_keyed(
+                    self.services.db, key, self.arg("qual_name"), self.arg("args", dict, {}),
+                    user=self.current_user, keep=timedelta(hours=self.services.config.idempotency_hours),
+                    hostname=self.client_ip, registry_cache=self.services.registry_cache, **start, **options)
+                if not new:
+                    self.set_header("Idempotent-Replayed", "true")
             if following:
                 await self.follow_job(job["_id"])
             else:
@@ -233,9 +264,12 @@ class BatchHandler(_JobBase):
             "Every job is checked before any is written; the first bad one is refused with the status a "
             "single enqueue would get, its `error` starting `jobs[<index>]: ` and `details.index` set. A "
             "unique job whose arguments a live job or an earlier job of the batch has is a 409. The body must "
-            "fit max_body_size (1 MiB by default: about 1,000 bytes per job for a full batch)."))}
+            "fit max_body_size (1 MiB by default: about 1,000 bytes per job for a full batch). Idempotency "
+            "keys are for single enqueues (POST /job): an `Idempotency-Key` header or `key` field is a 400."))}
 
     async def post(self) -> None:
+        if self.request.headers.get("Idempotency-Key") is not None or self.args.get("key") is not None:
+            raise BadArgument("idempotency keys are for single enqueues (POST /job), not for batches")
         jobs = await queue.enqueue_many(self.services.db, self.arg("jobs", list), user=self.current_user,
                                         hostname=self.client_ip, registry_cache=self.services.registry_cache)
         self.reply([job["_id"] for job in jobs])

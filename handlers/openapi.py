@@ -76,6 +76,10 @@ class Op:
     envelope: bool = True
     #: A form body is accepted besides JSON (``/login``).
     form: bool = False
+    #: Request headers it reads (``in: header`` parameters; ``Param.name`` is the header's).
+    headers: tuple[Param, ...] = ()
+    #: Headers of ``_HEADERS`` its 200 reply may carry, besides X-Request-Id.
+    reply_headers: tuple[str, ...] = ()
 
 
 PAGE_PARAMS = (
@@ -255,6 +259,9 @@ _HEADERS = {
                      "schema": {"type": "string", "pattern": "^[0-9a-f]{24}$"}},
     "WWW-Authenticate": {"description": "Basic", "required": True, "schema": {"type": "string"}},
     "Retry-After": {"description": "seconds to wait", "required": True, "schema": {"type": "integer", "minimum": 0}},
+    "Idempotent-Replayed": {"description": "`true` when an idempotency key was used already: the reply is the "
+                                           "first job's, nothing was enqueued", "required": False,
+                            "schema": {"type": "string", "enum": ["true"]}},
 }
 
 _STATUS = {400: "bad argument, id or body", 401: "no or wrong credentials (WWW-Authenticate: Basic)",
@@ -305,7 +312,7 @@ def _reply(op: Op) -> dict[str, Any]:
         content["text/event-stream"] = {"schema": {"oneOf": events}}
         description = (f"{'with follow: ' if op.sse_optional else ''}Server-Sent Events: "
                        f"{', '.join(_EVENT_TEXT[kind] for kind in op.events)}{_STREAM}")
-    return {"description": description, "headers": _headers(), "content": content}
+    return {"description": description, "headers": _headers(*op.reply_headers), "content": content}
 
 
 def _param_schema(param: Param) -> dict[str, Any]:
@@ -337,6 +344,8 @@ def _operation(op: Op, path: str, method: str) -> dict[str, Any]:
     if "{id}" in path:
         parameters.append({"name": "id", "in": "path", "required": True, "schema": _ref("Id")})
     parameters.extend(_parameter(param) for param in op.params)
+    parameters.extend({"name": param.name, "in": "header", "required": param.required,
+                       "description": param.description, "schema": _param_schema(param)} for param in op.headers)
     if op.sse and any(param.name == "last_event_id" for param in op.params):
         parameters.append({"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
                            "description": "resume after this event id (what EventSource sends by itself)"})

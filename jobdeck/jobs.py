@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, AsyncIterator
 
 import click
@@ -139,9 +139,12 @@ def _with(options: list[Any]):
               help="Show progress and log lines until the job ends; the exit code says how it ended.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the job as JSON (at its end with --follow); with --from a list of the ids.")
+@click.option("--key", metavar="KEY",
+              help="Idempotency key: an enqueue with a KEY used within idempotency_hours enqueues nothing "
+                   "and prints the first job (other arguments: an error naming it).")
 @config_option
 def enqueue(qual_name: str | None, args: tuple[str, ...], follow_: bool, as_json: bool, source: Any,
-            **options: Any) -> None:
+            key: str | None, **options: Any) -> None:
     """Enqueue job QUAL_NAME with ARGS (NAME=VALUE pairs, or one JSON object); or the jobs of a file.
 
     \b
@@ -149,6 +152,7 @@ def enqueue(qual_name: str | None, args: tuple[str, ...], follow_: bool, as_json
       jobdeck enqueue jobs.example.DummyJob sleep=2 --follow
       jobdeck enqueue jobs.example.DummyJob '{"sleep": 2, "message": "hi"}' --priority 5
       jobdeck enqueue jobs.example.DummyJob --in 600
+      jobdeck enqueue jobs.example.DummyJob sleep=2 --key nightly-2026-11-24
       jobdeck enqueue --from jobs.jsonl
 
     With --from, every line is read first (a line that is not a JSON object
@@ -156,11 +160,16 @@ def enqueue(qual_name: str | None, args: tuple[str, ...], follow_: bool, as_json
     refused line stops there: the batches before it stay enqueued (their ids
     are printed), nothing from its batch on is. The option flags, --in and
     --at apply to every line that does not set them itself.
+
+    With --key, a second enqueue with the same KEY (by the same operator)
+    within idempotency_hours enqueues nothing: it prints the first job's id
+    (or follows it) and says on stderr that it was a repeat; with other
+    arguments or options it fails naming the first job.
     """
     given = {k: v for k, v in options.items() if v is not None}
     if source is not None:
-        if qual_name is not None or follow_:
-            raise click.UsageError("--from takes neither QUAL_NAME, ARGS nor --follow")
+        if qual_name is not None or follow_ or key is not None:
+            raise click.UsageError("--from takes neither QUAL_NAME, ARGS, --follow nor --key")
         _enqueue_from(source, given, as_json)
         return
     if qual_name is None:
@@ -171,7 +180,14 @@ def enqueue(qual_name: str | None, args: tuple[str, ...], follow_: bool, as_json
     async def work(db: Database) -> tuple[dict[str, Any], str | None]:
         await _register(db, config)
         job_args = parse_job_args(args, await registry.get_valid(db, qual_name))
-        job = await queue.enqueue(db, qual_name, job_args, user=_user(), **given)
+        if key is None:
+            job = await queue.enqueue(db, qual_name, job_args, user=_user(), **given)
+        else:
+            job, new = await queue.enqueue_keyed(db, key, qual_name, job_args, user=_user(),
+                                                 keep=timedelta(hours=config.idempotency_hours), **given)
+            if not new:
+                click.echo(f"key {key!r} was used already within idempotency_hours: job {job['_id']}; "
+                           "nothing enqueued", err=True)
         if not follow_:
             return job, None
         final = await _follow(db, job["_id"], as_json=as_json)
