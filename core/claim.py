@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Collection
 from bson import ObjectId
 from pymongo.errors import OperationFailure, PyMongoError
 
-from core import states
+from core import flow, slots, states
 from core.tasks import stop_task
 
 if TYPE_CHECKING:
@@ -73,11 +73,20 @@ class Claimer:
     """
 
     def __init__(self, db: Database, *, worker: str, host: str, classes: Collection[str], limit: int = 1000,
-                 max_age: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_age: float = 30.0, clock: Callable[[], float] = time.monotonic, tags: Collection[str] = (),
+                 pool: tuple[str, int] | None = None) -> None:
+        """``tags``: the worker's (it claims only jobs whose ``requires`` it has); ``pool``: its pool's
+        name and ``max_running`` (each claim takes a slot of the pool, ``core.slots``)."""
         self.db = db
         self.worker = worker
         self.host = host
         self.classes = set(classes)
+        self.tags = frozenset(tags)
+        self.pool = pool
+        #: What is paused (``core.flow``): jobs of paused classes are not claimed.
+        self.flow = flow.Flow()
+        #: Whether the last claim passed over jobs for want of a free slot (``core.slots``).
+        self.blocked = False
         self.limit = limit
         self.max_age = max_age
         self.clock = clock
@@ -93,6 +102,17 @@ class Claimer:
         """The list may be wrong: the next claim reads the queue."""
         self._read_at = None
 
+    def set_flow(self, paused: flow.Flow) -> None:
+        """Claim by ``paused`` from now on (the next claim reads the queue)."""
+        self.flow = paused
+        self.invalidate()
+
+    def _wanted(self, job: dict[str, Any]) -> bool:
+        """Whether ``job`` is of this worker's classes, not paused, and requires no tag it lacks."""
+        requires = job.get("requires") or ()
+        return job["qual_name"] in self.classes and not self.flow.paused(job["qual_name"]) and \
+            isinstance(requires, (list, tuple)) and set(requires) <= self.tags
+
     def due_in(self, seconds: float) -> None:
         """A waiting job falls due in ``seconds``: read the queue at the first claim after that."""
         due = self.clock() + seconds
@@ -106,7 +126,7 @@ class Claimer:
         if self._read_at is None:
             return  # read again at the next claim anyway
         try:
-            if job["qual_name"] not in self.classes or job["state"] not in _WAITING:
+            if not self._wanted(job) or job["state"] not in _WAITING:
                 return
             wait = (job["query_at"] - _now()).total_seconds()
             if wait > 0:
@@ -162,9 +182,13 @@ class Claimer:
                 self.offer(job)
 
     async def _stubs(self) -> list[dict[str, Any]]:
-        """The head of the due jobs of this worker's classes, in claim order."""
+        """The head of the due jobs of this worker's classes (not paused, tags it has), in claim order."""
+        classes = sorted(name for name in self.classes if not self.flow.paused(name))
+        if not classes:
+            return []
         return await self.db.majority(self.db.queue).find(
-            {"state": {"$in": _WAITING}, "query_at": {"$lte": _now()}, "qual_name": {"$in": sorted(self.classes)}},
+            {"state": {"$in": _WAITING}, "query_at": {"$lte": _now()}, "qual_name": {"$in": classes},
+             **flow.runnable_by(self.tags)},
             _STUB).sort([("priority", -1), ("_id", 1)]).limit(self.limit).to_list()
 
     async def _take(self, n: int, running: Collection[Any]) -> list[dict[str, Any]]:
@@ -172,31 +196,53 @@ class Claimer:
 
         The first job of the window that is still waiting and due is taken;
         the stubs before it were taken by other workers (or changed) and are
-        dropped with it, each having cost one write. Ids this worker still
-        runs under an older claim are never offered: never two processes of
-        one job.
+        dropped with it, each having cost one write. A job under a
+        concurrency limit is claimed alone with its slots
+        (``states.claim_limited``); when a limit is full its jobs stay in the
+        list, passed over until a slot frees (``blocked``). Jobs of a class
+        paused meanwhile stay too. Ids this worker still runs under an older
+        claim are never offered: never two processes of one job.
         """
         claimed: list[dict[str, Any]] = []
         if running:
             self._ready = [entry for entry in self._ready if entry[1]["_id"] not in running]
-        while self._ready and len(claimed) < n:
-            window = [stub["_id"] for _, stub in self._ready[:_WINDOW]]
+        full: set[str] = set()
+        self.blocked = False
+        while len(claimed) < n:
+            window = []
+            for _, stub in self._ready:
+                limits = slots.keys(stub, self.pool)
+                if self.flow.paused(stub["qual_name"]) or any(key in full for key, _ in limits):
+                    continue
+                if limits and window:
+                    break  # a limited job is claimed alone
+                window.append(stub)
+                if limits or len(window) == _WINDOW:
+                    break
             if not window:
                 break
             now = _now()
             locked = {"worker": self.worker, "host": self.host, "pid": None, "at": now, "heartbeat": now,
                       "token": secrets.token_hex(8)}
+            ids = [stub["_id"] for stub in window]
             try:
-                job = await states.claim(self.db, window, locked=locked, now=now)
+                if limits := slots.keys(window[0], self.pool):
+                    job = await states.claim_limited(self.db, ids[0], limits, locked=locked, now=now)
+                else:
+                    job = await states.claim(self.db, ids, locked=locked, now=now)
+            except slots.Full as exc:
+                full.add(exc.key)
+                self.blocked = True
+                continue
             except BaseException:
                 self.invalidate()  # a database error: whether one was claimed is unknown
                 raise
             # By id, not by position: an offer made while the claim was
             # written may have put a job at the head of the list.
             if job is None:  # all taken: another worker is ahead in the same list
-                self._drop(window)
+                self._drop(ids)
                 continue
-            self._drop(window[:window.index(job["_id"]) + 1])
+            self._drop(ids[:ids.index(job["_id"]) + 1])
             claimed.append(job)
         return claimed
 
@@ -207,7 +253,8 @@ class Claimer:
 
 #: Stubs one call of ``states.claim`` tries, in order.
 _WINDOW = 8
-_STUB = {"_id": 1, "version": 1, "state": 1, "priority": 1, "trial": 1, "started_at": 1}
+_STUB = {"_id": 1, "version": 1, "state": 1, "priority": 1, "trial": 1, "started_at": 1, "qual_name": 1,
+         "max_parallel": 1, "requires": 1}
 
 
 def _stub(job: dict[str, Any]) -> dict[str, Any]:
@@ -253,29 +300,39 @@ async def next_due_in(db: Database, classes: Collection[str], ceiling: float) ->
 # fields here.
 # A state change matters only into a state a worker claims from: not a claim
 # (running), not an end (a final move deletes from the queue), each of which
-# would otherwise cost the server an event to deliver per job.
+# would otherwise cost the server an event to deliver per job. Besides the
+# queue: freed concurrency slots and changes of what is paused (core.flow).
 _PIPELINE = [{"$match": {"$or": [
-    {"operationType": {"$in": ["insert", "replace"]}},
-    {"updateDescription.updatedFields.state": {"$in": _WAITING}},
-    *({f"updateDescription.updatedFields.{name}": {"$exists": True}} for name in ("killed_at", "query_at")),
+    {"ns.coll": "queue", "$or": [
+        {"operationType": {"$in": ["insert", "replace"]}},
+        {"updateDescription.updatedFields.state": {"$in": _WAITING}},
+        *({f"updateDescription.updatedFields.{name}": {"$exists": True}} for name in ("killed_at", "query_at")),
+    ]},
+    {"ns.coll": "slots", "operationType": "delete"},
+    {"ns.coll": "settings", "documentKey._id": flow.FLOW_ID},
 ]}}]
 
 
 class QueueWatcher:
-    """Follows the queue's change stream for a worker; ``start()``/``stop()``.
+    """Follows the database's change stream for a worker: the queue, freed slots, pauses; ``start()``/``stop()``.
 
     Whenever the stream (re)opens it calls ``wake()`` and ``reopened()``: a
     job enqueued, or a kill asked for, while it was closed sent no event.
+    ``freed()`` is called when a concurrency slot frees, ``flow_changed()``
+    when what is paused changes (``core.flow``).
     """
 
     def __init__(self, db: Database, *, wake: Callable[[], None], killed: Callable[[Any], None],
                  reopened: Callable[[], None], inserted: Callable[[dict[str, Any]], None] | None = None,
+                 freed: Callable[[], None] | None = None, flow_changed: Callable[[], None] | None = None,
                  retry_seconds: float = 1.0) -> None:
         self.db = db
         self.wake = wake
         self.inserted = inserted
         self.killed = killed
         self.reopened = reopened
+        self.freed = freed or wake
+        self.flow_changed = flow_changed or wake
         self.retry_seconds = retry_seconds
         self._token: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -292,7 +349,7 @@ class QueueWatcher:
     async def _run(self) -> None:
         while True:
             try:
-                async with await self.db.queue.watch(_PIPELINE, resume_after=self._token) as stream:
+                async with await self.db.db.watch(_PIPELINE, resume_after=self._token) as stream:
                     self.wake()
                     self.reopened()
                     while True:
@@ -313,6 +370,13 @@ class QueueWatcher:
             await asyncio.sleep(self.retry_seconds)
 
     def _dispatch(self, change: dict[str, Any]) -> None:
+        collection = (change.get("ns") or {}).get("coll")
+        if collection == "slots":
+            self.freed()
+            return
+        if collection == "settings":
+            self.flow_changed()
+            return
         fields = (change.get("updateDescription") or {}).get("updatedFields") or {}
         document = change.get("fullDocument") or {}
         job_id = (change.get("documentKey") or {}).get("_id")

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from core.errors import ConfigError
+from core.errors import BadArgument, ConfigError
+from core.flow import check_tags
 from core.proxies import parse_network
 
 __all__ = ["Config", "load", "SEARCH_PATH", "ENV_PREFIX"]
@@ -41,6 +42,7 @@ class Config:
     job_paths: list[str] = field(default_factory=list)
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 5.0
+    scheduler_lease_seconds: float = 30.0
     log_retention_days: float = 30.0
     journal_retention_days: float | None = None
     worker_slots: int = 2
@@ -57,6 +59,9 @@ class Config:
     idempotency_hours: float = 24.0
     max_streams_per_user: int = 50
     max_streams: int = 2000
+    worker_tags: list[str] = field(default_factory=list)
+    worker_pool: str = "default"
+    max_running: int | None = None
     log_level: str = "INFO"
     source: str | None = field(default=None, compare=False)
 
@@ -178,6 +183,8 @@ def _check(key: str, value: Any, base: Path, where: str) -> Any:
             _check_networks(value, where)
         if key == "job_paths":
             return _directories(value, base, where)
+        if key == "worker_tags":
+            return _tags(value, where)
         return list(value)
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
@@ -202,9 +209,9 @@ def _check(key: str, value: Any, base: Path, where: str) -> Any:
 def _check_range(key: str, value: Any, where: str) -> None:
     if key == "port" and not 0 <= value <= 65535:
         raise ConfigError(f"{where}: a port is between 0 and 65535, got {value}")
-    if key in ("lease_seconds", "heartbeat_seconds", "log_retention_days", "journal_retention_days",
+    if key in ("lease_seconds", "heartbeat_seconds", "scheduler_lease_seconds", "log_retention_days", "journal_retention_days",
                "token_hours", "idempotency_hours", "max_body_size", "worker_slots", "max_streams_per_user",
-               "max_streams") and value <= 0:
+               "max_streams", "max_running") and value <= 0:
         raise ConfigError(f"{where}: must be greater than 0, got {value}")
     if key in ("kill_grace_seconds", "shutdown_grace_seconds") and value < 0:
         raise ConfigError(f"{where}: must not be negative, got {value}")
@@ -212,12 +219,21 @@ def _check_range(key: str, value: Any, where: str) -> None:
         raise ConfigError(f"{where}: one of {', '.join(JOB_STARTS)}, got {value!r}")
     if key == "log_level" and value.upper() not in LOG_LEVELS:
         raise ConfigError(f"{where}: one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    if key == "worker_pool":
+        _tags([value], where)
     if key in ("database", "host", "data_dir") and not value.strip():
         raise ConfigError(f"{where}: must not be empty")
     if key == "database" and any(c in value for c in '/\\. "$'):
         raise ConfigError(f"{where}: a database name cannot contain / \\ . space \" or $, got {value!r}")
     if key == "mongo_url" and value and not value.startswith(("mongodb://", "mongodb+srv://")):
         raise ConfigError(f"{where}: expected a mongodb:// or mongodb+srv:// URL, got {value!r}")
+
+
+def _tags(entries: list[str], where: str) -> list[str]:
+    try:
+        return check_tags(entries, "tags")
+    except BadArgument as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _directories(entries: list[str], base: Path, where: str) -> list[str]:

@@ -26,7 +26,7 @@ from typing import Any, Callable, ClassVar, NoReturn
 __all__ = ["Job", "Deferred", "OPTIONS", "RESULT_MAX_BYTES"]
 
 #: Enqueue options a job class sets defaults for, and a caller may override.
-OPTIONS = ("attempts", "error_time", "defer_time", "defer_max", "wall_time", "priority")
+OPTIONS = ("attempts", "error_time", "defer_time", "defer_max", "wall_time", "priority", "max_parallel", "requires")
 #: Largest JSON result a job may return.
 RESULT_MAX_BYTES = 256 * 1024
 
@@ -45,8 +45,11 @@ class Job:
     deferred job runs again), ``defer_max`` (seconds after the first start
     after which a job that still defers ends ``inactive``), ``wall_time``
     (seconds a run may take before it is killed; None = no limit),
-    ``priority`` (higher runs first), ``unique`` (refuse a second live job
-    with the same arguments), ``tags``, ``author``, ``schedule`` (cron).
+    ``priority`` (higher runs first), ``max_parallel`` (at most this many
+    jobs of the class run at once, across every worker; None = no limit),
+    ``requires`` (worker tags a worker must all have to run it), ``unique``
+    (refuse a second live job with the same arguments), ``tags`` (labels),
+    ``author``, ``schedule`` (cron).
     """
 
     author: ClassVar[str | None] = None
@@ -56,9 +59,15 @@ class Job:
     defer_max: ClassVar[float] = 3600.0
     wall_time: ClassVar[float | None] = None
     priority: ClassVar[int] = 0
+    max_parallel: ClassVar[int | None] = None
+    requires: ClassVar[tuple[str, ...]] = ()
     unique: ClassVar[bool] = False
     tags: ClassVar[tuple[str, ...]] = ()
     schedule: ClassVar[str | None] = None
+    #: A job of the class is enqueued at each tick of ``schedule`` (cron, see ``core.schedules``), with
+    #: ``schedule_args``, the cron read in the IANA time zone ``schedule_tz``.
+    schedule_args: ClassVar[dict[str, Any] | None] = None
+    schedule_tz: ClassVar[str] = "UTC"
     #: Progress reports closer together than this (seconds) are coalesced.
     progress_interval: ClassVar[float] = 1.0
 

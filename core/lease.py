@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
-from core import registry
+from core import registry, slots
 from core.errors import Conflict
 from core.states import State, transition
 from core.tasks import stop_task
@@ -175,7 +175,8 @@ class Leases:
     async def beat(self) -> None:
         """Renew every run's lease (and write pids not written yet), the worker's heartbeat; reap.
 
-        Once a lease, also drop the registry offers of dead workers.
+        Once a lease, also drop the registry offers of dead workers and free concurrency slots
+        whose jobs no longer run (``core.slots``).
         """
         runs = list(self.runs())
         if runs:
@@ -193,6 +194,7 @@ class Leases:
                 self.on_reaped()
             if self.clock() - self.offers_checked_at >= self.lease_seconds:
                 await registry.expire_offers(self.db, self.lease_seconds, now=now)
+                await slots.release_stale(self.db, older_than=self.lease_seconds)
                 self.offers_checked_at = self.clock()
 
     async def renew(self, runs: list[Any]) -> None:

@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 from pymongo import ReplaceOne
 
-from core import counts
+from core import counts, slots
 from core.errors import Conflict
 
 if TYPE_CHECKING:
     from core.db import Database
 
-__all__ = ["State", "FINAL", "LIVE", "WAITING", "TRANSITIONS", "transition", "claim", "complete_moves", "is_final"]
+__all__ = ["State", "FINAL", "LIVE", "WAITING", "TRANSITIONS", "transition", "claim", "claim_limited", "complete_moves", "is_final"]
 
 
 class State(str, Enum):
@@ -98,8 +98,10 @@ async def transition(db: Database, job: dict[str, Any], to: State, *, fence: dic
         raise Conflict(f"job {job['_id']} is {source}; it cannot become {to}")
     condition = {"_id": job["_id"], "state": source.value, **(fence or {"version": job["version"]})}
     update = {"$set": {"state": to.value, **fields}, "$inc": {"version": 1}}
+    # Leaving ``running`` frees the run's concurrency slots, in the same write (core.slots).
+    held = job if source is State.RUNNING and (job.get("locked") or {}).get("slots") else None
     if to not in FINAL:
-        await _change(db, condition, update, job, counts.moved(job, to.value, final=False, now=_now()))
+        await _change(db, condition, update, job, counts.moved(job, to.value, final=False, now=_now()), held)
         return {**job, **fields, "state": to.value, "version": job["version"] + 1}
     finished_at = fields.get("finished_at") if isinstance(fields.get("finished_at"), datetime) else _now()
     if db.transactions:
@@ -114,11 +116,12 @@ async def transition(db: Database, job: dict[str, Any], to: State, *, fence: dic
                 raise _lost(job)
             after = {**current, **fields, "state": to.value, "version": current["version"] + 1}
             await db.journal.replace_one({"_id": job["_id"]}, after, upsert=True, session=session)
+            await slots.release(db, current, session=session)
             await counts.write(db, [counts.moved(current, to.value, final=True, now=finished_at)], session=session)
             return after
         async with db.session() as session:
             return await session.with_transaction(move)
-    await _change(db, condition, update, job, counts.moved(job, to.value, final=True, now=finished_at))
+    await _change(db, condition, update, job, counts.moved(job, to.value, final=True, now=finished_at), held)
     after = await db.queue.find_one({"_id": job["_id"], "state": to.value})
     if after is None:  # moved meanwhile by complete_moves
         return await db.journal.find_one({"_id": job["_id"]}) or {**job, **fields, "state": to.value}
@@ -127,20 +130,27 @@ async def transition(db: Database, job: dict[str, Any], to: State, *, fence: dic
 
 
 async def _change(db: Database, condition: dict[str, Any], update: dict[str, Any], job: dict[str, Any],
-                  change: counts.Change | None) -> None:
-    """The conditional update of a job and its counts: in one transaction where the server has them."""
-    if change is not None and db.transactions:
+                  change: counts.Change | None, held: dict[str, Any] | None) -> None:
+    """The conditional update of a job, its counts and the slots it frees (of ``held``, the job as it ran):
+    in one transaction where the server has them."""
+    if (change is not None or held is not None) and db.transactions:
         async def write(session: Any) -> None:
             if not (await db.queue.update_one(condition, update, session=session)).modified_count:
                 raise _lost(job)
-            await counts.write(db, [change], session=session)
+            if change is not None:
+                await counts.write(db, [change], session=session)
+            if held is not None:
+                await slots.release(db, held, session=session)
         async with db.session() as session:
             await session.with_transaction(write)
         return
     if not (await db.queue.update_one(condition, update)).modified_count:
         raise _lost(job)
-    if change is not None:  # a crash right here leaves the counts off by this job (see core.counts)
+    # A crash right here leaves the counts off by this job (see core.counts), and its slots to the reaper.
+    if change is not None:
         await counts.write(db, [change])
+    if held is not None:
+        await slots.release(db, held)
 
 
 async def claim(db: Database, ids: list[Any], *, locked: dict[str, Any], now: datetime) -> dict[str, Any] | None:
@@ -159,18 +169,41 @@ async def claim(db: Database, ids: list[Any], *, locked: dict[str, Any], now: da
     under it: a claim changes no count, see ``core.counts``). None if every
     one of ``ids`` was taken.
     """
-    start = [{"$set": {"state": State.RUNNING.value, "claimed_from": "$state", "trial": {"$add": ["$trial", 1]},
-                       "locked": {"$literal": locked}, "started_at": {"$ifNull": ["$started_at", now]},
-                       "prog": {"$literal": {"value": 0.0, "message": None}}, "version": {"$add": ["$version", 1]}}}]
     for job_id in ids:
-        taken = await db.queue.update_one(
-            {"_id": job_id, "state": {"$in": _CLAIMABLE}, "query_at": {"$lte": now},
-             "trial": {"$type": "number"}, "version": {"$type": "number"}}, start)
+        taken = await db.queue.update_one(_claimable(job_id, now), _start(locked, now))
         if taken.modified_count:
             job = await db.queue.find_one({"_id": job_id, "locked.token": locked["token"]})
             if job is not None:  # (None: reaped or removed in the instant between)
                 return job
     return None
+
+
+async def claim_limited(db: Database, job_id: Any, limits: list[tuple[str, int]], *, locked: dict[str, Any],
+                        now: datetime) -> dict[str, Any] | None:
+    """``claim`` of one job that must take a slot of each of ``limits`` (``core.slots``); None if it was taken.
+
+    The slots and the claim are written in one transaction (their ids go in
+    ``locked.slots``); raises ``slots.Full`` when a limit has no free slot.
+    """
+    async def compare_and_set(session: Any, held: list[str]) -> bool:
+        taken = await db.queue.update_one(_claimable(job_id, now), _start({**locked, "slots": held}, now),
+                                          session=session)
+        return bool(taken.modified_count)
+
+    if await slots.take(db, job_id, limits, locked["token"], compare_and_set) is None:
+        return None
+    return await db.queue.find_one({"_id": job_id, "locked.token": locked["token"]})
+
+
+def _claimable(job_id: Any, now: datetime) -> dict[str, Any]:
+    return {"_id": job_id, "state": {"$in": _CLAIMABLE}, "query_at": {"$lte": now},
+            "trial": {"$type": "number"}, "version": {"$type": "number"}}
+
+
+def _start(locked: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+    return [{"$set": {"state": State.RUNNING.value, "claimed_from": "$state", "trial": {"$add": ["$trial", 1]},
+                      "locked": {"$literal": locked}, "started_at": {"$ifNull": ["$started_at", now]},
+                      "prog": {"$literal": {"value": 0.0, "message": None}}, "version": {"$add": ["$version", 1]}}}]
 
 
 #: The states a claim takes a job from.

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from pymongo.errors import PyMongoError
 
 from core import claim as claiming
-from core import counts, forkserver, registry, states
+from core import counts, flow, forkserver, registry, states
 from core.lease import Leases, reap_expired
 from core.process import JobProcess
 from core.retention import Sweeper
@@ -96,12 +96,20 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._claimer: asyncio.Task[None] | None = None
-        self.claimer = claiming.Claimer(db, worker=self.id, host=self.host, classes=classes)
+        self.tags = list(config.worker_tags)
+        self.pool = (config.worker_pool, config.max_running) if config.max_running else None
+        self.claimer = claiming.Claimer(db, worker=self.id, host=self.host, classes=classes, tags=self.tags,
+                                        pool=self.pool)
+        #: Held while claiming: a change of what is paused is acknowledged once no claim by the old one runs.
+        self._claiming = asyncio.Lock()
+        self._flow_task: asyncio.Task[None] | None = None
+        self._flow_again = False
         self.leases = Leases(db, worker_id=self.id, lease_seconds=config.lease_seconds,
                              heartbeat_seconds=config.heartbeat_seconds, runs=lambda: self.runs.values(),
                              on_reaped=self._queue_changed, on_reconnected=self._offer_again)
         self.watcher = claiming.QueueWatcher(db, wake=self._queue_changed, killed=self._killed,
-                                             reopened=self._check_kills, inserted=self._job_inserted,
+                                             reopened=self._reopened, inserted=self._job_inserted,
+                                             freed=self._slot_freed, flow_changed=self._flow_changed,
                                              retry_seconds=poll_seconds)
         self.sweeper = Sweeper(db, retention_days=config.journal_retention_days)
         self.folder = counts.Folder(db)
@@ -115,7 +123,8 @@ class Worker:
         """Register, offer the job classes, finish interrupted journal moves, and start claiming."""
         await self.db.worker.update_one({"_id": self.id}, [{"$set": {
             "_id": self.id, "host": self.host, "pid": os.getpid(), "started": "$$NOW", "heartbeat": "$$NOW",
-            "slots": self.slots, "running": [], "jobs": sorted(self.classes),
+            "slots": self.slots, "running": [], "jobs": sorted(self.classes), "tags": self.tags,
+            "pool": self.config.worker_pool, "max_running": self.config.max_running,
             "import_errors": {"$literal": self.import_errors},
             "sessions": {"$literal": list(self.db.sessions.values())}}}], upsert=True)
         self.db.publish_sessions = self._publish_sessions
@@ -125,6 +134,7 @@ class Worker:
         if offering.done():
             offering.result()  # a bug shows at start, not as a task nobody awaited
         await states.complete_moves(self.db)
+        await self._apply_flow()
         await self._start_launcher()
         # Without change streams nothing tells the ready list of new jobs: it is read every poll.
         self.claimer.max_age = 30.0 if self.db.change_streams else self.poll_seconds
@@ -185,7 +195,7 @@ class Worker:
         await self.leases.stop()
         await self.sweeper.stop()
         await self.folder.stop()
-        for task in list(self._checks):
+        for task in [*self._checks, *([self._flow_task] if self._flow_task else [])]:
             task.cancel()
         if self.launcher is not None:
             await self.launcher.stop()
@@ -244,7 +254,10 @@ class Worker:
 
     async def claim(self) -> list[dict[str, Any]]:
         """Claim as many due jobs as there are free slots; return them (now ``running``)."""
-        return await self.claimer.claim(self.free_slots(), running=self.runs)
+        async with self._claiming:
+            if not self.db.change_streams:
+                self.claimer.set_flow(await flow.read(self.db))  # nothing tells of a pause: read it each time
+            return await self.claimer.claim(self.free_slots(), running=self.runs)
 
     def free_slots(self) -> int:
         """Slots without a job process. A run whose process has ended frees its slot while its end is
@@ -255,6 +268,43 @@ class Worker:
     def _job_inserted(self, job: dict[str, Any]) -> None:
         self.claimer.offer(job)
         self._wake.set()
+
+    def _slot_freed(self) -> None:
+        """A concurrency slot freed: jobs passed over for want of one may be claimed now."""
+        if self.claimer.blocked:
+            self._queue_changed()
+
+    def _reopened(self) -> None:
+        """The change stream (re)opened: kills and pauses that came meanwhile sent no event."""
+        self._check_kills()
+        self._flow_changed()
+
+    def _flow_changed(self) -> None:
+        """What is paused changed: apply and acknowledge it in the background (once more if it changes again)."""
+        if self._flow_task is not None and not self._flow_task.done():
+            self._flow_again = True
+            return
+        self._flow_task = asyncio.create_task(self._follow_flow(), name=f"flow-{self.id}")
+
+    async def _follow_flow(self) -> None:
+        while True:
+            self._flow_again = False
+            try:
+                await self._apply_flow()
+            except PyMongoError as exc:
+                log.warning("cannot read what is paused (%s); retrying", exc)
+                await asyncio.sleep(self.poll_seconds)
+                self._flow_again = True
+            if not self._flow_again or self._stopping:
+                return
+
+    async def _apply_flow(self) -> None:
+        """Read what is paused, claim by it from now on, and acknowledge it (``core.flow``)."""
+        paused = await flow.read(self.db)
+        async with self._claiming:  # a claim under way by the old one ends first
+            self.claimer.set_flow(paused)
+        self._wake.set()
+        await flow.acknowledge(self.db, self.id, paused.version)
 
     def _queue_changed(self) -> None:
         """A job came, fell due or was reaped: claim from a fresh scan."""
