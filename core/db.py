@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 MAX_SESSIONS = 32
 
 COLLECTIONS = ("queue", "journal", "log", "registry", "user", "worker", "audit", "settings", "counts", "count_changes",
-               "enqueue_keys")
+               "enqueue_keys", "slots", "schedules")
 LOG_TTL_INDEX = "log_ttl"
 
 # Every query jobdeck makes is served by one of these (the embedded server
@@ -48,6 +48,11 @@ _INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("query_at", ASCENDING)], name="query_at"),
         IndexModel([("unique_key", ASCENDING)], name="unique_key", unique=True,
                    partialFilterExpression={"unique_key": {"$exists": True}}),
+        # Only jobs of schedules (core.scheduler): is a schedule's previous job still live?
+        IndexModel([("schedule.id", ASCENDING)], name="schedule", sparse=True),
+        # Only jobs that require worker tags (core.flow): stats group the waiting ones.
+        IndexModel([("requires", ASCENDING)], name="requires",
+                   partialFilterExpression={"requires": {"$exists": True}}),
     ],
     "journal": [
         IndexModel([("finished_at", DESCENDING)], name="finished_at"),
@@ -67,6 +72,14 @@ _INDEXES: dict[str, list[IndexModel]] = {
         # Deletes an entry at its ``expires`` date (failed logins); entries without one stay.
         IndexModel([("expires", ASCENDING)], name="expires", expireAfterSeconds=0),
     ],
+    # Concurrency slots (core.slots): a limit's slots are read by its key.
+    "slots": [IndexModel([("key", ASCENDING)], name="key")],
+    # Schedules (core.schedules): the due ones by next_run (null while paused), the class ones by source.
+    "schedules": [IndexModel([("next_run", ASCENDING)], name="next_run"),
+                  IndexModel([("source", ASCENDING)], name="source"),
+                  IndexModel([("qual_name", ASCENDING)], name="qual_name")],
+    # The classes with a schedule attribute (core.schedules.sync_classes).
+    "registry": [IndexModel([("schedule", ASCENDING)], name="schedule", sparse=True)],
     # Idempotency keys (core.queue.enqueue_once): each is deleted at its ``expires`` date.
     "enqueue_keys": [IndexModel([("expires", ASCENDING)], name="expires", expireAfterSeconds=0)],
 }
@@ -86,6 +99,8 @@ class Database:
     counts: AsyncCollection
     count_changes: AsyncCollection
     enqueue_keys: AsyncCollection
+    slots: AsyncCollection
+    schedules: AsyncCollection
 
     def __init__(self, client: AsyncMongoClient, name: str) -> None:
         self.client = client

@@ -20,7 +20,7 @@ from bson import ObjectId
 from dateutil.parser import isoparse
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
 
-from core import audit, counts, registry
+from core import audit, counts, flow, registry
 from core.errors import BadArgument, Conflict, JobdeckError, NotFound
 from core.job import OPTIONS
 from core.permissions import EXECUTE, READ, may, require
@@ -63,6 +63,7 @@ OPTION_LIMITS: dict[str, tuple[type, float, float, bool]] = {
     "defer_time": (float, 0, 365 * 86400, False),
     "defer_max": (float, 0, 10 * 365 * 86400, False),
     "wall_time": (float, 0.001, 365 * 86400, True),
+    "max_parallel": (int, 1, 100_000, True),
 }
 
 
@@ -85,6 +86,7 @@ def check_options(defaults: dict[str, Any], options: dict[str, Any]) -> dict[str
         if not low <= value <= high:
             raise BadArgument(f"option {name!r} must be between {low:g} and {high:g}, got {value!r}")
         merged[name] = kind(value)
+    merged["requires"] = flow.check_tags(merged["requires"] or [], "option 'requires'")
     return merged
 
 
@@ -146,6 +148,9 @@ def _new_job(entry: dict[str, Any], qual_name: str, args: Any, options: dict[str
         "result": None, "killed_at": None, "removed_at": None,
         "tags": list(entry.get("tags", [])), "version": 1,
     }
+    for name in ("requires", "max_parallel"):  # absent unless set: see core.flow, core.slots
+        if not job[name]:
+            del job[name]
     if entry.get("unique"):
         job["unique_key"] = _unique_key(qual_name, args)
     return job
@@ -647,7 +652,7 @@ async def _rerun(db: Database, old: dict[str, Any], user: dict[str, Any], hostna
         raise Conflict(f"job {old['_id']} is being restarted by someone else")
     try:
         job = await enqueue(db, old["qual_name"], old.get("args"), user=user, parent_id=old["_id"],
-                            hostname=hostname, **{option: old.get(option) for option in OPTIONS})
+                            hostname=hostname, **{option: old.get(option) for option in OPTIONS if option in old})
     except Exception:
         await db.journal.update_one({"_id": old["_id"], "enqueued.child_id": new_id},
                                     {"$set": {"enqueued.child_id": None}, "$inc": {"version": 1}})
