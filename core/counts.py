@@ -41,10 +41,11 @@ import asyncio
 import logging
 import math
 import random
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from bson import ObjectId
 from pymongo import DeleteMany, ReplaceOne, UpdateOne
@@ -56,8 +57,8 @@ from core.tasks import stop_task
 if TYPE_CHECKING:
     from core.db import Database
 
-__all__ = ["SLOT_SECONDS", "RESTING", "Change", "Folder", "resting", "added", "moved", "removed", "write",
-           "inserts", "read", "fold", "rebuild", "ensure", "slot_of", "minute_of", "minute_range"]
+__all__ = ["SLOT_SECONDS", "RESTING", "Change", "MalformedChange", "Folder", "resting", "added", "moved", "removed",
+           "write", "inserts", "read", "fold", "rebuild", "ensure", "slot_of", "minute_of", "minute_range"]
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +132,26 @@ class Change:
 
     @classmethod
     def recorded(cls, record: dict[str, Any]) -> Change:
-        """The change a ``count_changes`` document holds."""
-        change = cls(str(record.get("q")))
-        change.states.update(record.get("c") or {})
-        change.waiting.update(record.get("w") or {})
-        change.done.update({int(slot): n for slot, n in (record.get("d") or {}).items()})
-        for level, (low, high) in (record.get("l") or {}).items():
-            change.enqueued_at(int(level), low, high)
+        """The change a ``count_changes`` document holds.
+
+        Raises ``MalformedChange`` for a document ``record`` never writes:
+        adding it would fail (or write fields that are no counts) every time.
+        """
+        qual_name = record.get("q")
+        if not isinstance(qual_name, str) or not qual_name:
+            raise MalformedChange(f"q must be a qual_name, got {qual_name!r:.60}")
+        change = cls(qual_name)
+        change.states.update(_numbers(record, "c", _FIELD.fullmatch))
+        change.waiting.update(_numbers(record, "w", _MINUTE.fullmatch))
+        change.done.update({int(slot): n for slot, n in _numbers(record, "d", str.isdecimal).items()})
+        levels = record.get("l") or {}
+        if not isinstance(levels, dict):
+            raise MalformedChange(f"l must be an object, got {levels!r:.60}")
+        for level, ids in levels.items():
+            if not _INTEGER.fullmatch(str(level)) or not isinstance(ids, (list, tuple)) or len(ids) != 2 \
+                    or not all(isinstance(one, ObjectId) for one in ids):
+                raise MalformedChange(f"l.{level} must be [lowest _id, highest _id] of a level, got {ids!r:.60}")
+            change.enqueued_at(int(level), ids[0], ids[1])
         return change
 
     @classmethod
@@ -172,6 +186,26 @@ class Change:
                                       {"t": slot, "n": {"$add": [f"${path}.n", finished]}},
                                       {"t": slot, "n": finished}]}
         return [{"$set": fields}]
+
+
+class MalformedChange(ValueError):
+    """Raised for a ``count_changes`` document that is no change ``Change.record`` writes."""
+
+
+_FIELD = re.compile(r"[a-z_][a-z0-9_]*")  # a state: a field of the counts, never "$x" or "a.b"
+_MINUTE = re.compile(r"m\d+")
+_INTEGER = re.compile(r"-?\d+")
+
+
+def _numbers(record: dict[str, Any], name: str, is_key: Callable[[str], Any]) -> dict[str, int]:
+    """``record[name]``: an object of integers under keys ``is_key`` accepts (absent: empty)."""
+    value = record.get(name) or {}
+    if not isinstance(value, dict):
+        raise MalformedChange(f"{name} must be an object, got {value!r:.60}")
+    for key, n in value.items():
+        if not isinstance(key, str) or not is_key(key) or isinstance(n, bool) or not isinstance(n, int):
+            raise MalformedChange(f"{name}.{key} is no count: {n!r:.60}")
+    return value
 
 
 def _group(jobs: Iterable[dict[str, Any]], sign: int) -> list[Change]:
@@ -246,9 +280,27 @@ async def read(db: Database, **options: Any) -> dict[str, Change]:
         change = Change.stored(doc, first_slot)
         classes.setdefault(change.qual_name, Change(change.qual_name)).add(change)
     for record in pending:
-        change = Change.recorded(record)
+        try:
+            change = Change.recorded(record)
+        except MalformedChange as exc:
+            _report(record, exc, "left out of the counts until a folder deletes it")
+            continue
         classes.setdefault(change.qual_name, Change(change.qual_name)).add(change)
     return classes
+
+
+#: The ``_id`` of the malformed changes ``read`` has logged already (each once).
+_reported: set[Any] = set()
+
+
+def _report(record: dict[str, Any], exc: MalformedChange, what: str) -> None:
+    """Log a malformed change once per process, with its ``_id`` (``read`` sees it every second)."""
+    if record.get("_id") in _reported:
+        return
+    if len(_reported) >= 1000:
+        _reported.clear()
+    _reported.add(record.get("_id"))
+    log.error("malformed count change %s (%s), %s: %r", record.get("_id"), exc, what, record)
 
 
 async def fold(db: Database, *, limit: int = FOLD_BATCH) -> int:
@@ -263,17 +315,26 @@ async def fold(db: Database, *, limit: int = FOLD_BATCH) -> int:
     if not db.transactions:
         folded = 0
         while folded < limit and (record := await db.count_changes.find_one_and_delete({})) is not None:
-            change = Change.recorded(record)
+            folded += 1
+            try:
+                change = Change.recorded(record)
+            except MalformedChange as exc:
+                log.error("malformed count change %s (%s) deleted: %r", record.get("_id"), exc, record)
+                continue
             await db.counts.update_one({"_id": change.qual_name}, change.update(), upsert=True)
             await _note_levels(db, [change])
-            folded += 1
         return folded
     records = await db.count_changes.find({}).limit(limit).to_list()
     if not records:
         return 0
     merged: dict[str, Change] = {}
+    malformed: list[tuple[dict[str, Any], MalformedChange]] = []
     for record in records:
-        change = Change.recorded(record)
+        try:
+            change = Change.recorded(record)
+        except MalformedChange as exc:  # deleted with the others, else it would stop every fold
+            malformed.append((record, exc))
+            continue
         merged.setdefault(change.qual_name, Change(change.qual_name)).add(change)
     async with db.session() as session:
         async with await session.start_transaction():
@@ -281,9 +342,12 @@ async def fold(db: Database, *, limit: int = FOLD_BATCH) -> int:
                                                        session=session)
             if taken.deleted_count != len(records):
                 raise _Raced()  # another folder took some first: roll back, read again next time
-            await db.counts.bulk_write([UpdateOne({"_id": name}, change.update(), upsert=True)
-                                        for name, change in merged.items()], ordered=False, session=session)
+            if merged:
+                await db.counts.bulk_write([UpdateOne({"_id": name}, change.update(), upsert=True)
+                                            for name, change in merged.items()], ordered=False, session=session)
             await _note_levels(db, merged.values(), session)
+    for record, exc in malformed:
+        log.error("malformed count change %s (%s) deleted: %r", record.get("_id"), exc, record)
     return len(records)
 
 

@@ -223,3 +223,46 @@ async def test_counts_equal_a_recount_after_a_random_run_with_workers_killed(
 
 async def _empty(db: Database) -> bool:
     return await db.queue.count_documents({}) == 0
+
+
+@pytest.mark.parametrize("poison", [{"q": 5, "c": {"pending": 1}}, {"q": "x.Job", "c": "x"},
+                                    {"q": "x.Job", "c": {"pending": "1"}}, {"q": "x.Job", "c": {"$set": 1}},
+                                    {"q": "x.Job", "w": {"minute": 1}}, {"q": "x.Job", "d": {"s1": 1}},
+                                    {"q": "x.Job", "l": {"0": ["a", "b"]}}, {}],
+                         ids=["q-number", "c-text", "count-text", "c-operator", "w-key", "d-key", "l-ids", "empty"])
+async def test_a_malformed_change_is_logged_once_and_deleted_and_the_rest_fold(
+        db: Database, transactions: bool, poison: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    for _ in range(2):
+        await enqueue(db, sleep=0)
+    bad = await db.count_changes.insert_one(dict(poison))  # (insert_one would set the shared dict's _id)
+    await enqueue(db, sleep=0)
+    caplog.set_level("ERROR", logger="core.counts")
+
+    # stats keep working, without the malformed change, and say so once however often they are read
+    assert await shown(db) == await recount(db)
+    assert await shown(db) == await recount(db)
+    assert [r.levelname for r in caplog.records if str(bad.inserted_id) in r.getMessage()] == ["ERROR"]
+
+    caplog.clear()
+    assert await counts.fold(db) == 4
+    deleted = [r.getMessage() for r in caplog.records if str(bad.inserted_id) in r.getMessage()]
+    assert len(deleted) == 1 and "deleted" in deleted[0]
+    assert await db.count_changes.count_documents({}) == 0
+    assert (await db.counts.find_one({"_id": "jobs.example.DummyJob"}))["pending"] == 3
+    assert await shown(db) == await recount(db)
+
+
+async def test_the_folder_goes_on_past_a_malformed_change(db: Database) -> None:
+    await db.count_changes.insert_one({"q": "x.Job", "c": "x"})
+    await enqueue(db, sleep=0)
+    folder = counts.Folder(db, interval=0.05)
+    folder.start()
+    try:
+        await wait_for(lambda: _folded(db), 10, message="every change to be folded")
+    finally:
+        await folder.stop()
+    assert (await db.counts.find_one({"_id": "jobs.example.DummyJob"}))["pending"] == 1
+
+
+async def _folded(db: Database) -> bool:
+    return await db.count_changes.count_documents({}) == 0
