@@ -262,7 +262,8 @@ def _entry(cls: type[Job], now: datetime) -> dict[str, Any]:
     return {
         "_id": cls.qual_name(), "qual_name": cls.qual_name(), "doc": inspect.getdoc(cls) or "",
         "author": cls.author, "schema": schema(cls), "tags": list(cls.tags),
-        "schedule": cls.schedule, "unique": bool(cls.unique),
+        "schedule": cls.schedule, "schedule_args": dict(cls.schedule_args or {}),
+        "schedule_tz": cls.schedule_tz, "unique": bool(cls.unique),
         "defaults": {option: getattr(cls, option) for option in OPTIONS},
         "valid": True, "updated_at": now,
     }
