@@ -22,7 +22,7 @@ import logging
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
 
 if TYPE_CHECKING:
     from core.db import Database
@@ -97,9 +97,12 @@ async def take(db: Database, job_id: Any, limits: list[tuple[str, int]], token: 
 
 
 def _lost_race(exc: PyMongoError) -> bool:
-    labels = getattr(exc, "has_error_label", None)
+    """Whether ``exc`` says a slot was taken meanwhile (a duplicate ``_id``, a write conflict)."""
+    if isinstance(exc, BulkWriteError):
+        errors = exc.details.get("writeErrors") or [{}]
+        return all(error.get("code") in (11000, 11001) for error in errors)
     return isinstance(exc, DuplicateKeyError) or getattr(exc, "code", None) in (11000, 112) or \
-        bool(labels and labels("TransientTransactionError"))
+        bool(isinstance(exc, PyMongoError) and exc.has_error_label("TransientTransactionError"))
 
 
 async def _free(db: Database, limits: list[tuple[str, int]]) -> list[tuple[str, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import json
 import inspect
 import os
 import socket
@@ -151,9 +152,10 @@ async def worker_factory(db: Database, config: Config,
 
     async def start(*, slots: int = 4, kill_grace: float = 0.5, shutdown_grace: float = 0.2,
                     lease_seconds: float | None = None, heartbeat_seconds: float = 0.5,
-                    poll_seconds: float = 0.2, job_start: str = "fork") -> Worker:
+                    poll_seconds: float = 0.2, job_start: str = "fork", **changes: Any) -> Worker:
         settings = dataclasses.replace(config, heartbeat_seconds=heartbeat_seconds,
-                                       lease_seconds=lease_seconds or config.lease_seconds, job_start=job_start)
+                                       lease_seconds=lease_seconds or config.lease_seconds, job_start=job_start,
+                                       **changes)
         worker = Worker(db, settings, classes=job_classes, slots=slots, kill_grace=kill_grace,
                         shutdown_grace=shutdown_grace, poll_seconds=poll_seconds)
         await worker.start()
@@ -173,15 +175,15 @@ async def worker(worker_factory: Callable[..., Awaitable[Worker]]) -> Worker:
 
 
 _WORKER_SCRIPT = """
-import asyncio, sys
+import asyncio, json, sys
 from core import registry
 from core.config import Config
 from core.db import Database
 from core.worker import Worker
 
-async def main(url, name, job_start, slots, lease):
+async def main(url, name, job_start, slots, lease, settings="{}"):
     config = Config(mongo_url=url, database=name, lease_seconds=float(lease), heartbeat_seconds=0.5,
-                    job_start=job_start)
+                    job_start=job_start, **json.loads(settings))
     db = Database.connect(url, name)
     await db.setup(log_retention_days=config.log_retention_days)
     classes = registry.discover()
@@ -191,19 +193,20 @@ async def main(url, name, job_start, slots, lease):
     print("started", worker.id, flush=True)
     await asyncio.Event().wait()
 
-asyncio.run(main(*sys.argv[1:6]))
+asyncio.run(main(*sys.argv[1:7]))
 """
 
 
 async def worker_process(config: Config, *, job_start: str = "fork", slots: int = 1, lease_seconds: float = 3,
-                         stderr: Any = asyncio.subprocess.DEVNULL) -> asyncio.subprocess.Process:
+                         stderr: Any = asyncio.subprocess.DEVNULL, **settings: Any) -> asyncio.subprocess.Process:
     """A worker in a process of its own (and its own session: ``os.killpg`` kills it whole), once started.
 
-    Heartbeat every 0.5 s; the example jobs. Its first line on stdout was ``started <id>``.
+    Heartbeat every 0.5 s; the example jobs; ``settings``: further ``Config`` fields (e.g. ``worker_tags``).
+    Its first line on stdout was ``started <id>``.
     """
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _WORKER_SCRIPT, config.mongo_url, config.database, job_start, str(slots),
-        str(lease_seconds), cwd=Path(__file__).resolve().parents[1], stdout=asyncio.subprocess.PIPE,
+        str(lease_seconds), json.dumps(settings), cwd=Path(__file__).resolve().parents[1], stdout=asyncio.subprocess.PIPE,
         stderr=stderr, start_new_session=True)
     line = await asyncio.wait_for(process.stdout.readline(), 30)
     assert line.startswith(b"started"), f"the worker process did not start: {line!r}"
