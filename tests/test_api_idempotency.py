@@ -162,3 +162,12 @@ def test_enqueue_key_twice_enqueues_once_and_says_so(run: Callable[..., Result],
     assert other.exit_code != 0 and first in other.output
     assert json.loads(ok(run("queue", "--json")))["total_count"] == 1
     assert run("enqueue", "--from", "-", "--key", "k", input="").exit_code == 2  # keys are for one job
+
+
+async def test_the_openapi_document_shows_the_key_the_replayed_header_and_the_409(http) -> None:
+    operation = (await http.get("/openapi.json")).json()["paths"]["/job"]["post"]
+    header = [p for p in operation["parameters"] if p["in"] == "header" and p["name"] == "Idempotency-Key"]
+    assert header and header[0]["schema"]["maxLength"] == 200
+    assert "key" in operation["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert "Idempotent-Replayed" in operation["responses"]["200"]["headers"]
+    assert "409" in operation["responses"] and "Idempotent-Replayed: true" in operation["description"]
