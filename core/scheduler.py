@@ -36,10 +36,11 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
+from bson import ObjectId
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from core import audit, queue, schedules, users
-from core.errors import JobdeckError
+from core.errors import Conflict, JobdeckError
 from core.states import FINAL, State
 from core.tasks import stop_task
 
@@ -217,7 +218,12 @@ async def fire(db: Database, schedule: dict[str, Any], now: datetime, *, late_af
     for tick in planned.ticks:
         if not active():
             return made
-        made += await _fire_tick(db, schedule, tick)
+        try:
+            made += await _fire_tick(db, schedule, tick)
+        except _Busy as exc:
+            log.warning("schedule %s: tick %s is not enqueued yet (%s); trying again", schedule["_id"],
+                        tick.isoformat(), exc)
+            return made
     fresh = await db.schedules.find_one({"_id": schedule["_id"]})
     if fresh is not None:
         next_run = schedules.refresh_next_run(fresh, now)
@@ -225,6 +231,10 @@ async def fire(db: Database, schedule: dict[str, Any], now: datetime, *, late_af
             await db.schedules.update_one({"_id": fresh["_id"], "version": fresh["version"]},
                                           {"$set": {"next_run": next_run}})
     return made
+
+
+class _Busy(Exception):
+    """Raised when a tick's key is held by an enqueue still under way."""
 
 
 async def _acting(db: Database, schedule: dict[str, Any]) -> dict[str, Any] | str:
@@ -257,13 +267,26 @@ async def _fire_tick(db: Database, schedule: dict[str, Any], tick: datetime) -> 
             db, f"tick:{schedule_id}:{tick.isoformat()}", schedule["qual_name"], schedule.get("args") or {},
             user=user, keep=keep, extra={"schedule": {"id": schedule_id, "tick": tick}},
             **(schedule.get("options") or {}))
+    except Conflict as exc:
+        if not isinstance(exc.details.get("job_id"), (str, ObjectId)):
+            # The key is busy (another enqueue of it is under way, or a dead holder's transaction still
+            # locks it until the server ends it): the tick stays due, and is tried again next round.
+            raise _Busy(str(exc)) from None
+        # The tick's job exists, enqueued from the schedule as it was before a change: the tick is done.
+        await _advance(db, schedule_id, tick, ObjectId(str(exc.details["job_id"])))
+        return 0
     except JobdeckError as exc:  # the class is gone, the user may no longer, the arguments no longer fit
         await _skip(db, schedule, tick, f"cannot enqueue: {exc}", advance=True)
         return 0
+    await _advance(db, schedule_id, tick, job["_id"])
+    return 1 if created else 0
+
+
+async def _advance(db: Database, schedule_id: str, tick: datetime, job_id: ObjectId) -> None:
+    """``last_tick`` and ``last_job_id`` of a tick enqueued, unless a later tick is recorded already."""
     await db.schedules.update_one(
         {"_id": schedule_id, "$or": [{"last_tick": None}, {"last_tick": {"$lt": tick}}]},
-        {"$set": {"last_tick": tick, "last_job_id": job["_id"]}})
-    return 1 if created else 0
+        {"$set": {"last_tick": tick, "last_job_id": job_id}})
 
 
 async def _skip(db: Database, schedule: dict[str, Any], tick: datetime, reason: str, *, advance: bool) -> None:

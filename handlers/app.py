@@ -18,7 +18,7 @@ from core.cache import Cache
 from core.config import Config
 from core.db import Database
 from core.hub import Hub
-from handlers import jobs
+from handlers import jobs, schedules
 from handlers.base import NotFoundHandler
 from handlers.services import Services
 from handlers.system import (HealthHandler, LoginHandler, LogoutHandler, MetricsHandler, OpenAPIHandler,
@@ -55,6 +55,10 @@ ROUTES: list[tuple[str, type]] = [
     (r"/job/restart/" + _ID, jobs.RestartHandler),
     (r"/job/([^/]+)/" + _ID, jobs.UnknownActionHandler),
     (r"/job/" + _ID, jobs.DetailHandler),
+    (r"/schedule", schedules.ScheduleHandler),
+    (r"/schedule/" + _ID + r"/pause", schedules.SchedulePauseHandler),
+    (r"/schedule/" + _ID + r"/resume", schedules.ScheduleResumeHandler),
+    (r"/schedule/" + _ID, schedules.ScheduleDetailHandler),
 ]
 
 

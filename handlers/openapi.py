@@ -80,6 +80,8 @@ class Op:
     headers: tuple[Param, ...] = ()
     #: Headers of ``_HEADERS`` its 200 reply may carry, besides X-Request-Id.
     reply_headers: tuple[str, ...] = ()
+    #: The component schema of the path's ``{id}`` (replies holding a job id link to the ``Id`` ones only).
+    id: str = "Id"
 
 
 PAGE_PARAMS = (
@@ -159,6 +161,26 @@ _SCHEMAS: dict[str, Any] = {
             "state": {"enum": [*_FINAL, "removed", "forbidden"]},
             "events": {"type": "object", "required": ["state", "log"], "properties": {
                 "state": {"type": "integer", "minimum": 0}, "log": {"type": "integer", "minimum": 0}}}}},
+    "ScheduleId": {"type": "string", "pattern": r"^([0-9a-f]{24}|class:[A-Za-z0-9_.]{1,250})$",
+                   "description": "a schedule id: 24 hex digits, or class:<qual_name> for a class's schedule"},
+    "Schedule": {"type": "object", "required": ["_id", "qual_name", "cron", "tz", "enabled", "source"],
+                 "description": "a schedule (core.schedules)", "properties": {
+        "_id": _ref("ScheduleId"), "qual_name": {"type": "string"}, "cron": {"type": ["string", "null"]},
+        "tz": {"type": "string"}, "args": {"type": "object"},
+        "options": {"type": "object", "description": "enqueue options given (the others: the class's)"},
+        "enabled": {"type": "boolean", "description": "false: paused"},
+        "catch_up": {"enum": ["latest", "none", "all"]}, "overlap": {"enum": ["skip", "queue"]},
+        "source": {"enum": ["api", "class"], "description": "class: from the job class's schedule attribute"},
+        "created": {"type": "object", "properties": {"at": _ref("Time"), "by": {"type": "string"}}},
+        "updated": {"type": "object", "properties": {"at": _ref("Time"), "by": {"type": "string"}}},
+        "acts_as": {"type": ["string", "null"], "description": "the user its jobs are enqueued as"},
+        "start_after": _ref("Time"), "next_run": {**_NULLABLE_TIME, "description": "the next tick due; null "
+                                                   "while paused or broken"},
+        "last_tick": _NULLABLE_TIME, "last_job_id": _NULLABLE_ID,
+        "last_skip": {"type": ["object", "null"], "description": "the last tick not enqueued, and why",
+                      "properties": {"tick": _ref("Time"), "reason": {"type": "string"}, "at": _ref("Time")}},
+        "error": {"type": ["string", "null"], "description": "why a class's schedule attribute is invalid"},
+        "version": {"type": "integer", "minimum": 1}}},
     "EventId": {"type": "string", "pattern": r"^[0-9]+\.[0-9]+$",
                 "description": "<version>.<seq>: send it back as Last-Event-ID to resume after this event"},
     "RegistryEntry": {"type": "object", "required": ["_id", "qual_name"], "properties": {
@@ -171,6 +193,7 @@ _SCHEMAS: dict[str, Any] = {
                 "nullable": {"type": "boolean"}, "required": {"type": "boolean"}, "default": {}}}},
             "extra": {"type": "boolean", "description": "execute takes **kwargs"}}},
         "tags": _STRINGS, "schedule": {"type": ["string", "null"]}, "unique": {"type": "boolean"},
+        "schedule_args": {"type": "object"}, "schedule_tz": {"type": "string"},
         "valid": {"type": "boolean", "description": "false: no process offers the class any more"},
         "workers": {"type": "array", "description": "the live workers offering the class", "items": {
             "type": "object", "required": ["id"], "properties": {"id": {"type": "string"},
@@ -342,7 +365,7 @@ def _parameter(param: Param) -> dict[str, Any]:
 def _operation(op: Op, path: str, method: str) -> dict[str, Any]:
     parameters = []
     if "{id}" in path:
-        parameters.append({"name": "id", "in": "path", "required": True, "schema": _ref("Id")})
+        parameters.append({"name": "id", "in": "path", "required": True, "schema": _ref(op.id)})
     parameters.extend(_parameter(param) for param in op.params)
     parameters.extend({"name": param.name, "in": "header", "required": param.required,
                        "description": param.description, "schema": _param_schema(param)} for param in op.headers)
@@ -376,7 +399,8 @@ def _link(paths: dict[str, Any], sources: dict[str, list[dict[str, Any]]]) -> No
     ``sources`` maps where a reply holds the id (``data`` for an ``Id``,
     ``data/_id`` for a ``Job``) to the operations whose replies do.
     """
-    targets = [operation for path, item in paths.items() if "{id}" in path for operation in item.values()]
+    targets = [operation for path, item in paths.items() if "{id}" in path for operation in item.values()
+               if operation["parameters"][0]["schema"] == _ref("Id")]
     for pointer, operations in sources.items():
         links = {target["operationId"]: {"operationId": target["operationId"],
                                          "parameters": {"id": f"$response.body#/{pointer}"},

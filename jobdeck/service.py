@@ -14,6 +14,7 @@ from core.config import Config
 from core.db import Database
 from core.embedded import database_url, shared_server, starting_note
 from core.errors import DatabaseUnavailable
+from core.scheduler import Scheduler
 from core.worker import Worker
 from handlers.app import Server
 from jobdeck.command import cli, config_option, load_config, setup_logging
@@ -49,7 +50,7 @@ async def _run(config: Config, url: str, *, http: bool, slots: int | None) -> No
     try:
         await db.setup(log_retention_days=config.log_retention_days)
         classes = registry.discover(config.job_packages, paths=config.job_paths)
-        server = worker = None
+        server = worker = scheduler = None
         # serve offers its job classes itself; up's worker offers them as it starts.
         as_server = registry.Provider.server(config.port) if http and not slots else None
         if http:
@@ -63,12 +64,17 @@ async def _run(config: Config, url: str, *, http: bool, slots: int | None) -> No
             server = Server(config, db, job_import_errors=classes.import_errors)
             await server.start()
             click.echo(f"jobdeck serving {server.url} (database {config.database} at {url})", err=True)
+            # Every server runs one; the holder of the scheduler lease enqueues the schedules' ticks.
+            scheduler = Scheduler(db, lease_seconds=config.scheduler_lease_seconds)
+            scheduler.start()
         if slots:
             worker = Worker(db, config, classes=classes, slots=slots, import_errors=classes.import_errors,
                             kill_grace=config.kill_grace_seconds, shutdown_grace=config.shutdown_grace_seconds)
             await worker.start()
             click.echo(f"worker {worker.id} running {slots} slots for {len(classes)} job classes", err=True)
         await signals.stop.wait()
+        if scheduler is not None:
+            await scheduler.stop()  # gives its lease up: another server takes over at once
         if worker is not None:
             stopping = asyncio.create_task(worker.stop())
             hurry = asyncio.create_task(signals.hurry.wait())

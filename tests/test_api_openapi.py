@@ -9,7 +9,7 @@ import pytest
 from httpx_sse import aconnect_sse
 from tornado.web import RequestHandler
 
-from core import queue
+from core import queue, schedules
 from handlers.app import PREFIXES, ROUTES
 from handlers.jobs import UnknownActionHandler
 from handlers.openapi import build, path_template
@@ -96,10 +96,12 @@ async def test_every_described_operation_is_served(db, job_classes, team_clients
     # A finished job: follow and log end at once, and nothing is started.
     job = await queue.enqueue(db, DUMMY, {}, user=queue.operator("operator"))
     await queue.kill(db, job["_id"], user=queue.operator("operator"))
+    schedule = await schedules.add(db, user=queue.operator("operator"), qual_name=DUMMY, cron="0 * * * *")
     http = team_clients["admin"]
     for path, method, _ in operations(document):
         # follow=false: restart and enqueue answer instead of streaming the job they start.
-        reply = await http.request(method.upper(), path.format(id=job["_id"]), params={"follow": "false", "timeout": 1})
+        taken = schedule["_id"] if path.startswith("/schedule/") else job["_id"]
+        reply = await http.request(method.upper(), path.format(id=taken), params={"follow": "false", "timeout": 1})
         assert reply.status_code not in (404, 405, 500), (method, path, reply.text)
 
 
@@ -171,7 +173,8 @@ def test_the_document_is_valid_openapi_3_1():
 async def test_operation_ids_are_unique_and_links_lead_from_a_job_to_every_operation_taking_its_id(document):
     ids = [operation["operationId"] for _, _, operation in operations(document)]
     assert len(ids) == len(set(ids))
-    taking_an_id = {operation["operationId"] for path, _, operation in operations(document) if "{id}" in path}
+    taking_an_id = {operation["operationId"] for path, _, operation in operations(document)
+                    if path.startswith("/job/") and "{id}" in path}
     assert len(taking_an_id) == 9  # detail, follow, log, poll, kill, remove, restart, GET and DELETE /job/{id}
     new_id = {("/job", "post"), ("/job/enqueue", "post"), ("/job/restart/{id}", "put")}
     a_job = {("/job/{id}", "get"), ("/job/detail/{id}", "get"), ("/job/poll/{id}", "get"), ("/job/kill/{id}", "put"),

@@ -295,17 +295,27 @@ async def test_a_holder_cut_off_stops_acting_when_its_lease_may_have_expired(db)
 async def test_two_schedulers_at_once_enqueue_each_tick_exactly_once(db, config, job_classes):
     schedule = await schedules.add(db, user=OPERATOR, qual_name=DUMMY, cron="* * * * * *", overlap="queue",
                                    args={"sleep": 0})
-    clients = [Database.connect(config.mongo_url, config.database) for _ in range(2)]
-    running = [Scheduler(client, lease_seconds=2.0, name=f"s{index}") for index, client in enumerate(clients)]
+    clients = [Database.connect(config.mongo_url, config.database) for _ in range(3)]
+    running = [Scheduler(client, lease_seconds=2.0, name=f"s{index}") for index, client in enumerate(clients[:2])]
     for scheduler in running:
         scheduler.start()
+
+    async def rogue() -> None:
+        """A holder that lost its lease without knowing: it enqueues every due tick too, lease or not."""
+        while True:
+            await run_due(clients[2], await clients[2].server_time(), late_after=4)
+            await asyncio.sleep(0.2)
+    stale = asyncio.create_task(rogue())
     try:
         async def ticks() -> list[datetime]:
             return [job["schedule"]["tick"] for job in await jobs_of(db, schedule["_id"])]
         await wait_for(lambda: _count(ticks, 31), timeout=45, interval=0.2, message="31 ticks")
         # One of them is active; it does not matter which.
         assert sum(scheduler.active for scheduler in running) == 1
+        assert not stale.done()
     finally:
+        stale.cancel()
+        await asyncio.gather(stale, return_exceptions=True)
         for scheduler in running:
             await scheduler.stop()
         for client in clients:
