@@ -24,7 +24,7 @@ from core import audit, counts, flow, registry
 from core.errors import BadArgument, Conflict, JobdeckError, NotFound
 from core.job import OPTIONS
 from core.permissions import EXECUTE, READ, may, require
-from core.states import FINAL, State, transition
+from core.states import FINAL, WAITING, State, transition
 
 if TYPE_CHECKING:
     from core.audit import RecordedInserts
@@ -522,16 +522,33 @@ async def _readable(db: Database, job_id: ObjectId, user: dict[str, Any]) -> tup
     return job, journaled
 
 
-async def get(db: Database, job_id: Any, *, user: dict[str, Any]) -> dict[str, Any]:
+async def get(db: Database, job_id: Any, *, user: dict[str, Any], lease_seconds: float = 30.0) -> dict[str, Any]:
     """One job, from queue or journal, with ``journal: true/false``.
 
-    Raises ``BadArgument`` for a malformed id, and ``NotFound`` for a missing
-    job or one the user may not read.
+    A waiting job that cannot start now says why in ``waiting_for`` (the
+    queue or its class is paused; no live worker has the tags it requires:
+    alive is a heartbeat within ``lease_seconds``). Raises ``BadArgument``
+    for a malformed id, and ``NotFound`` for a missing job or one the user
+    may not read.
     """
     job_id = object_id(job_id)
     job, journaled = await _readable(db, job_id, user)
     job.pop("unique_key", None)
+    if not journaled and job["state"] in {state.value for state in WAITING}:
+        job["waiting_for"] = await _waiting_for(db, job, lease_seconds)
     return {**job, "journal": journaled}
+
+
+async def _waiting_for(db: Database, job: dict[str, Any], lease_seconds: float) -> list[str]:
+    reasons = []
+    paused = await flow.read(db)
+    if paused.all:
+        reasons.append("the queue is paused")
+    elif paused.paused(job["qual_name"]):
+        reasons.append(f"{job['qual_name']} is paused")
+    if job.get("requires") and (unmet := flow.unmet(job["requires"], await flow.live_tags(db, lease_seconds))):
+        reasons.append(unmet)
+    return reasons
 
 
 async def require_readable(db: Database, job_id: Any, *, user: dict[str, Any]) -> None:

@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from pymongo import UpdateOne
 
+from core import flow
 from core.errors import BadArgument, NotFound
 from core.job import OPTIONS, Job
 from core.listing import (QUERY_TIMEOUT_MS, Page, check_filter, check_sort, combine, paginate, search_filter,
@@ -424,7 +425,7 @@ async def list_entries(db: Database, *, valid_only: bool = True, lease_seconds: 
 
 
 async def _add_workers(db: Database, entries: list[dict[str, Any]], lease_seconds: float, *, hosts: bool) -> None:
-    """Replace each entry's ``offered_by`` by ``workers``: ``{"id", "host"}`` of its live workers.
+    """Replace each entry's ``offered_by`` by ``workers``: ``{"id", "host"}`` of its live workers; add ``paused``.
 
     Alive means a heartbeat within ``lease_seconds``; ``host`` only with ``hosts``.
     """
@@ -437,7 +438,9 @@ async def _add_workers(db: Database, entries: list[dict[str, Any]], lease_second
             live = {worker["_id"]: worker.get("host") for worker in await db.worker.find(
                 {"_id": {"$in": sorted(ids, key=str)}, "heartbeat": {"$gte": cutoff}}, {"host": 1},
                 max_time_ms=QUERY_TIMEOUT_MS).to_list()}
+    paused = await flow.read(db)
     for entry in entries:
+        entry["paused"] = paused.paused(entry["_id"])
         offers = entry.pop("offered_by", None) or []
         entry["workers"] = [{"id": offer["id"], "host": live[offer["id"]]} if hosts else {"id": offer["id"]}
                             for offer in offers if isinstance(offer, dict) and offer.get("kind") == "worker"

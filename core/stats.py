@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
 
-from core import counts, keyset, levels
+from core import counts, flow, keyset, levels
 from core.listing import QUERY_TIMEOUT_MS, combine, time_limited
 from core.permissions import READ, is_admin, may, readable_filter
-from core.states import FINAL, LIVE, State
+from core.states import FINAL, LIVE, WAITING, State
 
 if TYPE_CHECKING:
     from core.db import Database
@@ -59,6 +59,8 @@ async def stats(db: Database, *, user: dict[str, Any], lease_seconds: float) -> 
                                                            key=lambda m: int(m[1:])))
         alive = await db.worker.count_documents(
             {"heartbeat": {"$gte": now - timedelta(seconds=lease_seconds)}}, maxTimeMS=QUERY_TIMEOUT_MS)
+        paused = await flow.read(db)
+        unrunnable = await _unrunnable(db, visible, lease_seconds)
     slot = counts.slot_of(now)
     totals = {state: sum(figures[state] for figures in classes.values()) for state in _STATES}
     return {
@@ -69,11 +71,32 @@ async def stats(db: Database, *, user: dict[str, Any], lease_seconds: float) -> 
         "oldest_pending_seconds": round((now - oldest).total_seconds(), 3) if oldest else None,
         "running_per_worker": per_worker,
         "workers_alive": alive,
+        "paused": {"all": paused.all, "classes": sorted(name for name in paused.classes if may(user, name, READ))},
+        "unrunnable": unrunnable,
         "finished_per_minute": {
             # The current 10 s slot and the five before it: the last 50 to 60 s.
             "last_minute": sum(n for change in counted for s, n in change.done.items() if s > slot - 6),
             "last_hour": round(sum(sum(change.done.values()) for change in counted) / 60, 2)},
     }
+
+
+async def _unrunnable(db: Database, visible: dict[str, Any], lease_seconds: float) -> list[dict[str, Any]]:
+    """Waiting jobs that require tags no live worker has: ``{"requires", "jobs", "reason"}`` per set of tags.
+
+    Only jobs that require tags are read (the partial ``requires`` index).
+    """
+    query = combine(visible, {"requires": {"$exists": True}, "state": {"$in": sorted(s.value for s in WAITING)}})
+    groups = await (await db.queue.aggregate([{"$match": query}, {"$group": {"_id": "$requires", "jobs": {"$sum": 1}}}],
+                                             maxTimeMS=QUERY_TIMEOUT_MS)).to_list()
+    if not groups:
+        return []
+    workers = await flow.live_tags(db, lease_seconds)
+    found = []
+    for group in groups:
+        reason = flow.unmet(group["_id"], workers)
+        if reason:
+            found.append({"requires": group["_id"], "jobs": group["jobs"], "reason": reason})
+    return sorted(found, key=lambda item: item["requires"])
 
 
 #: The states in the order they are shown.
@@ -145,6 +168,7 @@ async def workers(db: Database, *, user: dict[str, Any], lease_seconds: float) -
             worker.pop("host", None)
             worker.pop("pid", None)
             worker.pop("import_errors", None)
+            worker.pop("sessions", None)
             worker["jobs"] = [name for name in worker.get("jobs", []) if may(user, name, READ)]
             if worker.get("running"):
                 ids = [ObjectId(i) for i in worker["running"] if ObjectId.is_valid(i)]

@@ -104,6 +104,7 @@ class Worker:
         self._claiming = asyncio.Lock()
         self._flow_task: asyncio.Task[None] | None = None
         self._flow_again = False
+        self._acknowledged = -1  # the flow version acknowledged last
         self.leases = Leases(db, worker_id=self.id, lease_seconds=config.lease_seconds,
                              heartbeat_seconds=config.heartbeat_seconds, runs=lambda: self.runs.values(),
                              on_reaped=self._queue_changed, on_reconnected=self._offer_again)
@@ -121,7 +122,11 @@ class Worker:
 
     async def start(self) -> None:
         """Register, offer the job classes, finish interrupted journal moves, and start claiming."""
+        paused = await flow.read(self.db)
+        self.claimer.set_flow(paused)
+        self._acknowledged = paused.version
         await self.db.worker.update_one({"_id": self.id}, [{"$set": {
+            "flow_version": paused.version,
             "_id": self.id, "host": self.host, "pid": os.getpid(), "started": "$$NOW", "heartbeat": "$$NOW",
             "slots": self.slots, "running": [], "jobs": sorted(self.classes), "tags": self.tags,
             "pool": self.config.worker_pool, "max_running": self.config.max_running,
@@ -134,7 +139,6 @@ class Worker:
         if offering.done():
             offering.result()  # a bug shows at start, not as a task nobody awaited
         await states.complete_moves(self.db)
-        await self._apply_flow()
         await self._start_launcher()
         # Without change streams nothing tells the ready list of new jobs: it is read every poll.
         self.claimer.max_age = 30.0 if self.db.change_streams else self.poll_seconds
@@ -304,7 +308,9 @@ class Worker:
         async with self._claiming:  # a claim under way by the old one ends first
             self.claimer.set_flow(paused)
         self._wake.set()
-        await flow.acknowledge(self.db, self.id, paused.version)
+        if paused.version != self._acknowledged:
+            await flow.acknowledge(self.db, self.id, paused.version)
+            self._acknowledged = paused.version
 
     def _queue_changed(self) -> None:
         """A job came, fell due or was reaped: claim from a fresh scan."""

@@ -46,6 +46,8 @@ ROUTES: list[tuple[str, type]] = [
     (r"/job/queue", jobs.QueueHandler),
     (r"/job/journal", jobs.JournalHandler),
     (r"/job/stats", jobs.StatsHandler),
+    (r"/job/pause", jobs.PauseHandler),
+    (r"/job/resume", jobs.ResumeHandler),
     (r"/job/detail/" + _ID, jobs.ReadDetailHandler),
     (r"/job/follow/" + _ID, jobs.FollowHandler),
     (r"/job/log/" + _ID, jobs.LogHandler),

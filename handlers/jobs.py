@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator, Callable, ContextManager
 
 from tornado.web import HTTPError
 
-from core import journal, logs, queue, registry, stats
+from core import flow, journal, logs, queue, registry, stats
 from core.errors import BadArgument, Forbidden, NotFound, Unauthorized
 from core.follow import Event, follow, wait_for
 from core.job import OPTIONS
@@ -20,7 +20,7 @@ from handlers.sse import SSEHandler
 
 __all__ = ["RegistryHandler", "JobHandler", "EnqueueHandler", "BatchHandler", "QueueHandler", "JournalHandler",
            "DetailHandler", "ReadDetailHandler", "FollowHandler", "LogHandler", "PollHandler", "KillHandler", "RemoveHandler",
-           "RestartHandler", "StatsHandler", "WorkerHandler", "UnknownActionHandler"]
+           "RestartHandler", "StatsHandler", "PauseHandler", "ResumeHandler", "WorkerHandler", "UnknownActionHandler"]
 
 _FOLLOW = Param("follow", "boolean", "stream the job as Server-Sent Events (default true)", default=True)
 _KEY_TEXT = (f"idempotency key, 1 to {queue.MAX_KEY} characters without control characters: a repeat by the same "
@@ -32,6 +32,11 @@ _LAST_EVENT = Param("last_event_id", "string", "resume after this event id (or t
 _OPTIONS = tuple(Param(name, "integer" if kind is int else "number", f"enqueue option {name} (default: the job "
                        f"class's), {low:g} to {high:g}", minimum=low, maximum=high)
                  for name, (kind, low, high, _) in queue.OPTION_LIMITS.items())
+_OPTIONS += (Param("requires", "array", f"worker tags a worker must all have to run the job (default: the job "
+                  f"class's), at most {flow.MAX_TAGS}", schema={"maxItems": flow.MAX_TAGS, "items": {
+                      "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"}}),)
+_OPTION_TYPES: dict[str, Any] = {**{name: int if kind is int else float
+                                    for name, (kind, *_) in queue.OPTION_LIMITS.items()}, "requires": list}
 _START = (Param("delay", "number", f"start no earlier than this many seconds from now, 0 to {queue.MAX_DELAY} "
                 "(not with run_at); only the first start waits", minimum=0, maximum=queue.MAX_DELAY),
           Param("run_at", "date-time", f"start no earlier than this time, ISO 8601, without a zone UTC, at most "
@@ -209,8 +214,7 @@ class JobHandler(QueueHandler):
             "`details.job_id` is the first job. Each user has keys of its own."))}
 
     async def post(self) -> None:
-        options = {name: self.arg(name, float if name not in ("attempts", "priority") else int)
-                   for name in OPTIONS if self.args.get(name) is not None}
+        options = {name: self.arg(name, _OPTION_TYPES[name]) for name in OPTIONS if self.args.get(name) is not None}
         start = {"delay": self.arg("delay", float, None), "run_at": self.arg("run_at", datetime, None)}
         following = self.arg("follow", bool, True)  # read before enqueueing: a bad value enqueues nothing
         key = self.idempotency_key()
@@ -302,7 +306,8 @@ class DetailHandler(_JobBase):
                         errors=(400, 401, 403, 404, 409), long=True)}
 
     async def get(self, job_id: str) -> None:
-        self.reply(await queue.get(self.services.db, job_id, user=self.current_user))
+        self.reply(await queue.get(self.services.db, job_id, user=self.current_user,
+                                   lease_seconds=self.services.config.lease_seconds))
 
     async def delete(self, job_id: str) -> None:
         self.arg("wait", bool, True)  # a bad value is refused before anything is done
@@ -422,6 +427,42 @@ class StatsHandler(_JobBase):
     async def get(self) -> None:
         self.reply(await stats.stats(self.services.db, user=self.current_user,
                                      lease_seconds=self.services.config.lease_seconds))
+
+
+_QUAL_NAME = Param("qual_name", "string", "only this job class (execute permission on it); without it the "
+                   "whole queue (admins only)", schema={"minLength": 1, "maxLength": 200})
+_FLOW_WAIT = Param("wait", "number", "seconds to wait for every live worker to acknowledge (default 5)",
+                   minimum=0, maximum=60, default=5)
+
+
+class PauseHandler(BaseHandler):
+    """``PUT /job/pause``: pause the whole queue or one job class."""
+
+    api = {"put": Op("Pause the queue (maintenance) or one job class: its jobs stay pending, running ones finish",
+                     (_QUAL_NAME, _FLOW_WAIT), reply="Flow", errors=(400, 401, 403), description=(
+                         "Replies once every live worker has acknowledged the change (or after `wait` "
+                         "seconds; `unacknowledged` names the others): from then on no worker starts a paused "
+                         "job. Pausing the whole queue needs admin; a class, execute permission on it."))}
+
+    async def put(self) -> None:
+        self.reply(await self._change(flow.pause))
+
+    async def _change(self, change: Callable[..., Any]) -> dict[str, Any]:
+        wait = self.arg("wait", float, 5.0)
+        if not 0 <= wait <= 60:
+            raise BadArgument(f"argument 'wait': 0 to 60 seconds, got {wait:g}")
+        return await change(self.services.db, user=self.current_user, qual_name=self.arg("qual_name", str, None),
+                            lease_seconds=self.services.config.lease_seconds, wait=wait)
+
+
+class ResumeHandler(PauseHandler):
+    """``PUT /job/resume``: undo a pause of the whole queue or of one job class."""
+
+    api = {"put": Op("Resume the queue or one job class (classes paused one by one stay paused when the whole "
+                     "queue resumes)", (_QUAL_NAME, _FLOW_WAIT), reply="Flow", errors=(400, 401, 403))}
+
+    async def put(self) -> None:
+        self.reply(await self._change(flow.resume))
 
 
 class WorkerHandler(BaseHandler):

@@ -141,12 +141,19 @@ _SCHEMAS: dict[str, Any] = {
                 "locked": {"type": ["object", "null"], "description": "the claim of the worker running it",
                            "properties": {"worker": {"type": "string"}, "host": {"type": "string"},
                                           "pid": {"type": ["integer", "null"]}, "at": _ref("Time"),
-                                          "heartbeat": _ref("Time"), "token": {"type": "string"}}},
+                                          "heartbeat": _ref("Time"), "token": {"type": "string"},
+                                          "slots": {**_STRINGS, "description": "the concurrency slots it holds"}}},
                 "last_error": {"type": ["object", "null"], "properties": {
                     "exception": {"type": "string"}, "message": {"type": ["string", "null"]},
                     "traceback": {"type": ["string", "null"]}, "at": _ref("Time")}},
                 "result": {"description": "what execute returned (any JSON)"},
                 "killed_at": _NULLABLE_TIME, "removed_at": _NULLABLE_TIME, "tags": _STRINGS,
+                "max_parallel": {"type": "integer", "minimum": 1,
+                                 "description": "at most this many jobs of its class (with this limit or a "
+                                                "lower one) run at once; absent: no limit"},
+                "requires": {**_STRINGS, "description": "worker tags a worker needs all of to run it"},
+                "waiting_for": {**_STRINGS, "description": "a waiting live job: why it cannot start now (a "
+                                "pause, tags no live worker has); empty when nothing holds it"},
                 "version": {"type": "integer", "minimum": 1, "description": "bumped by every change"},
                 "log_seq": {"type": "integer", "description": "seq of its last log record"},
                 "journal": {"type": "boolean", "description": "finished (in the journal) or live (in the queue)"}}},
@@ -201,7 +208,9 @@ _SCHEMAS: dict[str, Any] = {
         "defaults": {"type": "object", "description": "the enqueue options' defaults", "properties": {
             "attempts": {"type": "integer"}, "priority": {"type": "integer"}, "error_time": {"type": "number"},
             "defer_time": {"type": "number"}, "defer_max": {"type": "number"},
-            "wall_time": {"type": ["number", "null"]}}},
+            "wall_time": {"type": ["number", "null"]}, "max_parallel": {"type": ["integer", "null"]},
+            "requires": _STRINGS}},
+        "paused": {"type": "boolean", "description": "its jobs are not started now (PUT /job/pause)"},
         "updated_at": _ref("Time")}},
     "Stats": {"type": "object", "required": ["queue", "journal", "oldest_pending_seconds", "running_per_worker",
                                              "workers_alive", "finished_per_minute"], "properties": {
@@ -210,6 +219,12 @@ _SCHEMAS: dict[str, Any] = {
         "oldest_pending_seconds": {"type": ["number", "null"]},
         "running_per_worker": {**_COUNTS, "description": "running jobs by worker id"},
         "workers_alive": {"type": "integer", "minimum": 0},
+        "paused": {"type": "object", "description": "what is paused: the whole queue, and classes one by one",
+                   "properties": {"all": {"type": "boolean"}, "classes": _STRINGS}},
+        "unrunnable": {"type": "array", "description": "waiting jobs that require tags no live worker has",
+                       "items": {"type": "object", "properties": {
+                           "requires": _STRINGS, "jobs": {"type": "integer", "minimum": 1},
+                           "reason": {"type": "string"}}}},
         "finished_per_minute": {"type": "object", "properties": {
             "last_minute": {"type": "integer", "minimum": 0},
             "last_hour": {"type": "number", "minimum": 0, "description": "average per minute"}}}}},
@@ -220,7 +235,20 @@ _SCHEMAS: dict[str, Any] = {
         "running": {"type": "array", "items": _ref("Id"), "description": "the running jobs the caller may read"},
         "jobs": {**_STRINGS, "description": "the job classes it runs that the caller may read"},
         "alive": {"type": "boolean", "description": "its heartbeat is within the lease"},
+        "tags": {**_STRINGS, "description": "it runs only jobs whose requires it has all of"},
+        "pool": {"type": "string"}, "max_running": {"type": ["integer", "null"],
+                                                    "description": "of its pool, across its workers"},
         "import_errors": {"type": "array", "items": _ref("ImportError"), "description": "admins only"}}},
+    "Flow": {"type": "object", "required": ["flow", "workers", "acknowledged", "unacknowledged"], "properties": {
+        "flow": {"type": "object", "required": ["all", "classes", "version"], "properties": {
+            "all": {"type": "boolean", "description": "the whole queue is paused"},
+            "classes": {**_STRINGS, "description": "job classes paused one by one"},
+            "version": {"type": "integer", "minimum": 0}}},
+        "workers": {"type": "integer", "minimum": 0, "description": "live workers"},
+        "acknowledged": {"type": "integer", "minimum": 0,
+                         "description": "live workers that claim by this version now"},
+        "unacknowledged": {**_STRINGS, "description": "ids of live workers that had not acknowledged it "
+                           "within the wait"}}},
     "ImportError": {"type": "object", "required": ["module", "error"], "description": "a job module that "
                     "could not be imported", "properties": {"module": {"type": "string"}, "error": {"type": "string"}}},
     "User": {"type": "object", "required": ["name"], "properties": {

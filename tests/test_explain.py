@@ -161,6 +161,8 @@ SHAPES_TOLERATED = {
     ("counts", "{}"): "the job counts are one small document per job class: stats reads them all",
     ("count_changes", "{}"): "the counted changes not folded yet, about a second's worth: stats and the "
                               "folders read them all",
+    ("slots", "{}"): "the concurrency slots taken now, at most the sum of the limits: the reaper checks them all "
+                     "once a lease",
 }
 #: Sorts no index gives, by collection, sort and the fields of the filter (the permission filter's
 #: ``qual_name`` aside), with why each is tolerated for now.
