@@ -447,7 +447,7 @@ async def sync_classes(db: Database) -> dict[str, int]:
     process offers it again.
     """
     entries = {entry["_id"]: entry for entry in await db.registry.find(
-        {"schedule": {"$type": "string"}}, {"schedule": 1, "schedule_tz": 1, "schedule_args": 1, "schema": 1}
+        {"schedule": {"$gt": ""}}, {"schedule": 1, "schedule_tz": 1, "schedule_args": 1, "schema": 1}
     ).to_list()}
     existing = {schedule["_id"]: schedule for schedule in await db.schedules.find({"source": "class"}).to_list()}
     counted = {"added": 0, "updated": 0, "removed": 0}

@@ -18,6 +18,7 @@ from core.db import Database
 from core.errors import BadArgument, Conflict, Forbidden, NotFound
 from core.scheduler import LEASE_ID, Scheduler, run_due
 from tests.conftest import forget_package, make_package, wait_for
+from tests.test_explain import recorded, scans  # noqa: F401  (recorded is a fixture)
 
 DUMMY = "jobs.example.DummyJob"
 OPERATOR = {"name": "cli:test", "roles": ["admin"], "perms": [], "active": True}
@@ -328,3 +329,29 @@ async def test_two_schedulers_at_once_enqueue_each_tick_exactly_once(db, config,
 
 async def _count(ticks: Any, wanted: int) -> bool:
     return len(await ticks()) >= wanted
+
+
+# ---------------------------------------------------------------- every query uses an index
+
+async def test_every_query_of_schedules_and_the_scheduler_uses_an_index(recorded, team):
+    db, recorder = recorded
+    made = await schedules.add(db, user=team["executor"], qual_name=DUMMY, cron="* * * * * *")
+    await schedules.list_page(db, user=team["reader"], search="Dummy")
+    await schedules.get(db, made["_id"], user=team["reader"])
+    await schedules.update(db, made["_id"], user=team["executor"], priority=1)
+    scheduler = Scheduler(db, lease_seconds=2.0)
+    await scheduler.step()  # takes the lease, syncs the class schedules, fires what is due
+    now = await db.server_time()
+    for second in (1, 2):  # a job, then a tick skipped for overlap
+        await set_fields(db, made["_id"], next_run=now + timedelta(seconds=second))
+        await run_due(db, now + timedelta(seconds=second + 0.5), late_after=5)
+    await scheduler.step()
+    await scheduler.stop()
+    await schedules.pause(db, made["_id"], user=team["executor"])
+    await schedules.remove(db, made["_id"], user=team["executor"])
+    found, shapes = await scans(db, recorder.commands)
+    # A listing reads every schedule (a reader's: by permission and search patterns no index serves on the
+    # embedded server), as the registry's listing does every class: one small document each.
+    found = [finding for finding in found if not (finding.collection == "schedules" and (
+        finding.query == {} or "$regex" in str(finding.query.get("qual_name"))))]
+    assert shapes > 10 and not found, "\n".join(map(str, found))
