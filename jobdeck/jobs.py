@@ -113,6 +113,9 @@ _option_flags = [
     click.option("--error-time", type=float, help="Seconds before a failed job is retried."),
     click.option("--defer-time", type=float, help="Seconds before a deferred job runs again."),
     click.option("--defer-max", type=float, help="Seconds after the first start when deferring ends 'inactive'."),
+    click.option("--max-parallel", type=int, help="At most this many jobs of the class run at once, everywhere."),
+    click.option("--require", "requires", multiple=True, metavar="TAG",
+                 help="A worker tag the job needs (repeat for more): only workers with all of them run it."),
 ]
 
 
@@ -166,7 +169,7 @@ def enqueue(qual_name: str | None, args: tuple[str, ...], follow_: bool, as_json
     (or follows it) and says on stderr that it was a repeat; with other
     arguments or options it fails naming the first job.
     """
-    given = {k: v for k, v in options.items() if v is not None}
+    given = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items() if v is not None and v != ()}
     if source is not None:
         if qual_name is not None or follow_ or key is not None:
             raise click.UsageError("--from takes neither QUAL_NAME, ARGS, --follow nor --key")
@@ -380,7 +383,9 @@ def export_(until: datetime, since: datetime | None, output: Any, with_logs: boo
 @config_option
 def show(job_id: str, as_json: bool) -> None:
     """Show one job, live or finished, with its result or error."""
-    job = run_with_database(load_config(), lambda db: queue.get(db, job_id, user=_user()))
+    config = load_config()
+    job = run_with_database(config, lambda db: queue.get(db, job_id, user=_user(),
+                                                         lease_seconds=config.lease_seconds))
     if as_json:
         print_json(job)
         return
@@ -395,6 +400,10 @@ def show(job_id: str, as_json: bool) -> None:
         ("runtime", f"{job['runtime']:.3f} s" if job.get("runtime") is not None else None),
         ("progress", f"{(job.get('prog') or {}).get('value', 0) * 100:.0f}% {(job.get('prog') or {}).get('message') or ''}"),
         ("worker", (job.get("locked") or {}).get("worker")),
+        ("limits", ", ".join(filter(None, [f"max_parallel {job['max_parallel']}" if job.get("max_parallel") else "",
+                                          f"requires {', '.join(job['requires'])}" if job.get("requires") else ""]))
+         or None),
+        ("waiting for", "; ".join(job.get("waiting_for") or []) or None),
         ("killed_at", job.get("killed_at")), ("removed_at", job.get("removed_at")),
     ]
     if job.get("result") is not None:
@@ -601,8 +610,10 @@ def jobs_(show_all: bool, as_json: bool) -> None:
     rows = [{"qual_name": e["_id"], "valid": e["valid"], "arguments": ", ".join(
         f"{p['name']}: {p['type']}" + ("" if p["required"] else f" = {json.dumps(p.get('default'))}")
         for p in e["schema"]["params"]), "doc": (e.get("doc") or "").split("\n")[0],
-        "workers": ", ".join(worker["id"] for worker in e["workers"]) or "none"} for e in entries]
-    print_table(rows, ["qual_name", "arguments", "workers", "doc"] + (["valid"] if show_all else []))
+        "workers": ", ".join(worker["id"] for worker in e["workers"]) or "none",
+        "paused": "yes" if e.get("paused") else ""} for e in entries]
+    paused = ["paused"] if any(row["paused"] for row in rows) else []
+    print_table(rows, ["qual_name", "arguments", "workers", *paused, "doc"] + (["valid"] if show_all else []))
 
 
 @cli.command("stats")
@@ -632,6 +643,11 @@ def stats_(as_json: bool, rebuild: bool) -> None:
                      for name, figures in found["classes"].items()], ["qual_name", *states])
     oldest = found["oldest_pending_seconds"]
     click.echo(f"oldest pending: {f'{oldest:.1f} s' if oldest is not None else '-'}")
+    paused = found["paused"]
+    if paused["all"] or paused["classes"]:
+        click.echo("paused: " + ", ".join((["the whole queue"] if paused["all"] else []) + paused["classes"]))
+    for group in found["unrunnable"]:
+        click.echo(f"waiting: {group['jobs']} jobs requiring {', '.join(group['requires'])}: {group['reason']}")
     click.echo(f"workers alive: {found['workers_alive']}")
     for worker, count in found["running_per_worker"].items():
         click.echo(f"  {worker}: {count} running")
@@ -650,4 +666,4 @@ def workers_(as_json: bool) -> None:
     if as_json:
         print_json(found)
         return
-    print_table(found, ["_id", "alive", "slots", "running", "heartbeat", "started"])
+    print_table(found, ["_id", "alive", "slots", "running", "tags", "heartbeat", "started"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import time
 from typing import Any, Awaitable, Callable
@@ -9,11 +10,11 @@ from typing import Any, Awaitable, Callable
 import click
 from pymongo.errors import PyMongoError
 
-from core import registry, users
+from core import flow, registry, users
 from core.config import Config
 from core.db import Database
 from core.embedded import database_url, shared_server, starting_note
-from core.errors import DatabaseUnavailable
+from core.errors import BadArgument, DatabaseUnavailable
 from core.scheduler import Scheduler
 from core.worker import Worker
 from handlers.app import Server
@@ -105,8 +106,8 @@ async def _retried(what: str, write: Callable[[], Awaitable[Any]], seconds: floa
             await asyncio.sleep(0.5)
 
 
-def _main(http: bool, slots: Callable[[Config], int | None]) -> None:
-    config = load_config()
+def _main(http: bool, slots: Callable[[Config], int | None], changes: dict[str, Any] | None = None) -> None:
+    config = dataclasses.replace(load_config(), **(changes or {}))
     setup_logging(config)
     with database_url(config, announce=lambda data_dir: click.echo(
             starting_note(data_dir, temporary=False), err=True)) as url:
@@ -143,15 +144,33 @@ def serve() -> None:
 
 @cli.command()
 @click.option("--slots", type=click.IntRange(1, 1024), help="Jobs to run at once [default: worker_slots].")
+@click.option("--tag", "tags", multiple=True, metavar="TAG",
+              help="A tag of this worker (repeat for more) [default: worker_tags]: it runs jobs requiring "
+                   "only tags it has.")
+@click.option("--pool", help="The worker's pool [default: worker_pool].")
+@click.option("--max-running", type=click.IntRange(1), help="At most this many jobs running across the workers "
+              "of the pool [default: max_running, none].")
 @config_option
-def worker(slots: int | None) -> None:
+def worker(slots: int | None, tags: tuple[str, ...], pool: str | None, max_running: int | None) -> None:
     """Run a worker: claim jobs and run each in its own child process.
 
     SIGTERM (or Ctrl-C) stops claiming and lets running jobs finish within
     shutdown_grace_seconds; the rest go back to pending without using an
     attempt. A second signal stops them at once.
     """
-    _main(http=False, slots=lambda config: slots or config.worker_slots)
+    changes: dict[str, Any] = {name: value for name, value in
+                               (("worker_pool", pool), ("max_running", max_running)) if value is not None}
+    if tags:
+        try:
+            changes["worker_tags"] = flow.check_tags(list(tags), "--tag")
+        except BadArgument as exc:
+            raise click.BadParameter(str(exc), param_hint="--tag") from None
+    if pool is not None:
+        try:
+            flow.check_tags([pool], "--pool")
+        except BadArgument as exc:
+            raise click.BadParameter(str(exc), param_hint="--pool") from None
+    _main(http=False, slots=lambda config: slots or config.worker_slots, changes=changes)
 
 
 @cli.command()
