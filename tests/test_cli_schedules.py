@@ -119,7 +119,7 @@ async def test_a_server_takes_over_the_schedules_within_a_lease_of_the_active_on
         await victim.wait()
         await wait_for(lambda: _holder_is(holder, survivor.pid), timeout=5, interval=0.05, message="the take-over")
         taken_after = (datetime.now(timezone.utc) - killed_at).total_seconds()
-        assert taken_after < 3.0, f"took over {taken_after:.1f} s after the kill (lease 2 s)"
+        assert taken_after < 3.5, f"took over {taken_after:.1f} s after the kill (lease 2 s)"
         await wait_for(lambda: _has_tick_after(ticks, killed_at + timedelta(seconds=3)), timeout=15,
                        interval=0.1, message="ticks after the take-over")
     finally:
