@@ -274,8 +274,9 @@ def _key(job: dict[str, Any]) -> tuple[int, ObjectId]:
     return -priority, job_id
 
 
-async def next_due_in(db: Database, classes: Collection[str], ceiling: float) -> float:
-    """Seconds until the next waiting job of ``classes`` falls due, at most ``ceiling``.
+async def next_due_in(db: Database, classes: Collection[str], ceiling: float, *, tags: Collection[str] = ()
+                      ) -> float:
+    """Seconds until the next waiting job of ``classes`` a worker with ``tags`` may run falls due, at most ``ceiling``.
 
     Only the jobs that fall due from a second ago to ``ceiling`` from now
     are looked at (the index range of ``query_at`` is that window): the cost
@@ -288,8 +289,8 @@ async def next_due_in(db: Database, classes: Collection[str], ceiling: float) ->
     now = _now()
     nxt = await db.queue.find_one(
         {"query_at": {"$gte": now - _LOOK_BACK, "$lte": now + timedelta(seconds=ceiling)},
-         "state": {"$in": _WAITING}, "qual_name": {"$in": list(classes)}},
-        {"query_at": 1}, sort=[("query_at", 1)], hint="query_at")
+         "state": {"$in": _WAITING}, "qual_name": {"$in": list(classes)}, **flow.runnable_by(tags)},
+        {"query_at": 1}, sort=[("query_at", 1)])
     if nxt is None:
         return ceiling
     return max(0.0, min(ceiling, (nxt["query_at"] - now).total_seconds() + 0.01))

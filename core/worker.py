@@ -68,6 +68,8 @@ log = logging.getLogger(__name__)
 _WRITE_GRACE = 10.0
 #: Seconds between attempts to write the worker's registry offer.
 _RETRY_SECONDS = 0.5
+#: Least seconds between claims while due jobs wait for a concurrency slot (its release wakes the worker).
+_BLOCKED_SECONDS = 5.0
 #: Seconds a stopping worker tries to withdraw its offer (it runs while the runs end).
 _WITHDRAW_SECONDS = 5.0
 
@@ -320,7 +322,11 @@ class Worker:
     async def _next_due_in(self) -> float:
         """Seconds until the next waiting job falls due (at most ``poll_seconds`` without change streams)."""
         ceiling = 30.0 if self.db.change_streams else self.poll_seconds
-        seconds = await claiming.next_due_in(self.db, self.classes, ceiling)
+        claimable = [name for name in self.classes if not self.claimer.flow.paused(name)]
+        seconds = await claiming.next_due_in(self.db, claimable, ceiling, tags=self.tags) if claimable else ceiling
+        if self.claimer.blocked:
+            # A due job waits for a slot: the slot's release wakes this worker, not a timer (no busy loop).
+            seconds = max(seconds, min(ceiling, _BLOCKED_SECONDS))
         if seconds < ceiling:
             self.claimer.due_in(seconds)
         return seconds

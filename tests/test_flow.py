@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from core import flow, queue, slots, states
+from core import flow, queue, registry, slots, states
 from core.claim import Claimer
 from core.config import Config
 from core.db import Database
 from core.errors import BadArgument, Forbidden
 from core.states import State
-from tests.conftest import wait_for, worker_process
+from tests.conftest import forget_package, make_package, wait_for, worker_process
 
 ADMIN = queue.operator("test")
 DUMMY = "jobs.example.DummyJob"
@@ -208,3 +208,41 @@ async def test_a_job_no_live_worker_can_run_says_so(db: Database, worker_factory
 async def test_bad_requires_are_refused(db: Database, job_classes: Any, requires: Any) -> None:
     with pytest.raises(BadArgument, match="requires"):
         await enqueue(db, requires=requires)
+
+
+async def test_class_attributes_max_parallel_and_requires_are_the_enqueue_defaults(
+        db: Database, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = make_package(tmp_path, monkeypatch, {"gpu": '''
+        from jobs import Job
+
+        class Render(Job):
+            """Needs a GPU; one at a time."""
+            max_parallel = 1
+            requires = ("gpu",)
+
+            def execute(self) -> None:
+                return None
+    '''})
+    try:
+        await registry.sync(db, registry.discover([package]))
+        job = await enqueue(db, f"{package}.gpu.Render")
+        assert job["max_parallel"] == 1 and job["requires"] == ["gpu"]
+        lifted = await enqueue(db, f"{package}.gpu.Render", max_parallel=None, requires=[])
+        assert "max_parallel" not in lifted and "requires" not in lifted  # an enqueue may lift them
+    finally:
+        forget_package(package)
+
+
+async def test_a_slot_freed_by_another_worker_is_claimed_at_once_not_at_the_next_poll(
+        db: Database, worker_factory: Any) -> None:
+    await worker_factory(slots=1, worker_tags=["a"])
+    await worker_factory(slots=1, worker_tags=["b"])
+    # It runs longer than next_due_in looks back: nothing but the slot's release can wake b in time.
+    first = await enqueue(db, DUMMY, {"sleep": 1.5, "loop_time": 0.1}, max_parallel=1, requires=["a"])
+    await wait_for(lambda: db.queue.find_one({"_id": first["_id"], "state": "running"}))
+    second = await enqueue(db, DUMMY, {"sleep": 0}, max_parallel=1, requires=["b"])  # only b runs it
+    await wait_for(lambda: finished(db, [first["_id"], second["_id"]]), timeout=10)
+    ended = (await db.journal.find_one({"_id": first["_id"]}))["finished_at"]
+    started = (await db.journal.find_one({"_id": second["_id"]}))["started_at"]
+    # Worker b's timer would wake it after 30 s; the deletion of a's slot wakes it at once.
+    assert 0 < (started - ended).total_seconds() < 1
