@@ -44,6 +44,8 @@ CHECKS = ["--checks", "not_a_server_error,status_code_conformance,content_type_c
 FUZZING = CHECKS + ["--phases", "examples,fuzzing"]
 CONFORMANCE = CHECKS + ["--phases", "examples,fuzzing,stateful"]
 NOOP = "jobs.example.NoopJob"
+#: The class the run with a worker may pause: never NoopJob, whose jobs it follows to their end.
+FAIL = "jobs.example.FailJob"
 
 #: Without a worker, the stream of a job a generated request enqueues would only end with the request's
 #: timeout; the run with a worker reads streams.
@@ -54,8 +56,9 @@ parameters = { "query.follow" = "false", "body.follow" = false }
 """
 
 #: Generated qual_names are mostly one that exists, and scenarios are long enough to enqueue a job, then act on
-#: it. The jobs of those that it streams or follows start at once (delay 0; with a run_at too, a 400): a
-#: delayed job's stream, or a poll of it, would outlast the request timeout. Only the JSON reply of an enqueue carries the id its links lead on with: POST /job replies it, while
+#: it. The jobs of those that it streams or follows start at once (delay 0; with a run_at too, a 400; no
+#: required worker tags; pauses only of another class): a delayed or held job's stream, or a poll of it,
+#: would outlast the request timeout. Only the JSON reply of an enqueue carries the id its links lead on with: POST /job replies it, while
 #: POST /job/enqueue, the same operation, streams as it likes.
 CONFORMANCE_SETTINGS = f"""
 generation.max-examples = 10
@@ -75,11 +78,15 @@ max-examples = 40
 
 [[operations]]
 include-name = "POST /job"
-parameters = {{ "query.follow" = "false", "body.follow" = false, "query.delay" = "0", "body.delay" = 0 }}
+parameters = {{ "query.follow" = "false", "body.follow" = false, "query.delay" = "0", "body.delay" = 0, "query.requires" = "[]", "body.requires" = [] }}
 
 [[operations]]
 include-name = "POST /job/enqueue"
-parameters = {{ "query.delay" = "0", "body.delay" = 0 }}
+parameters = {{ "query.delay" = "0", "body.delay" = 0, "query.requires" = "[]", "body.requires" = [] }}
+
+[[operations]]
+include-name = ["PUT /job/pause", "PUT /job/resume"]
+parameters = {{ "query.qual_name" = "{FAIL}", "body.qual_name" = "{FAIL}" }}
 """
 
 
