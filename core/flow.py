@@ -24,21 +24,25 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Iterable
 
 from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
 
 from core import audit
-from core.errors import BadArgument
+from core.errors import BadArgument, Conflict
 from core.permissions import EXECUTE, require, require_admin
 
 if TYPE_CHECKING:
     from core.db import Database
 
-__all__ = ["FLOW_ID", "Flow", "read", "pause", "resume", "acknowledge", "check_tags", "runnable_by", "unmet", "live_tags",
+__all__ = ["FLOW_ID", "MAX_PAUSED", "Flow", "read", "pause", "resume", "acknowledge", "check_tags", "runnable_by", "unmet", "live_tags",
            "MAX_TAGS"]
 
 FLOW_ID = "flow"
 #: Most tags a worker has or a job requires.
 MAX_TAGS = 16
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
+_QUAL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
+#: Most job classes paused one by one.
+MAX_PAUSED = 1000
 
 
 @dataclass(frozen=True)
@@ -99,12 +103,19 @@ async def _change(db: Database, user: dict[str, Any], qual_name: Any, paused: bo
         require_admin(user)
         change: dict[str, Any] = {"$set": {"all": paused}}
     else:
-        if not isinstance(qual_name, str) or not 0 < len(qual_name) <= 200:
-            raise BadArgument(f"qual_name must be a job class name, got {str(qual_name)[:40]!r}")
+        if not isinstance(qual_name, str) or len(qual_name) > 200 or not _QUAL_NAME.match(qual_name):
+            raise BadArgument(f"qual_name must be a job class name (module.Class), got {str(qual_name)[:40]!r}")
         require(user, qual_name, EXECUTE)
         change = {"$addToSet" if paused else "$pull": {"classes": qual_name}}
-    document = await db.settings.find_one_and_update(
-        {"_id": FLOW_ID}, {**change, "$inc": {"version": 1}}, upsert=True, return_document=ReturnDocument.AFTER)
+    # At most MAX_PAUSED classes: every worker reads this document.
+    condition = {"_id": FLOW_ID, f"classes.{MAX_PAUSED - 1}": {"$exists": False}} \
+        if paused and qual_name is not None else {"_id": FLOW_ID}
+    try:
+        document = await db.settings.find_one_and_update(
+            condition, {**change, "$inc": {"version": 1}}, upsert=True, return_document=ReturnDocument.AFTER)
+    except DuplicateKeyError:  # the upsert of a full list
+        raise Conflict(f"at most {MAX_PAUSED} job classes can be paused one by one; pause the whole queue, "
+                       "or resume some") from None
     flow = Flow.of(document)
     await audit.record(db, "queue.pause" if paused else "queue.resume", actor=user["name"],
                        target=qual_name or "*", version=flow.version)

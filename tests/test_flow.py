@@ -13,7 +13,7 @@ from core import flow, queue, registry, slots, states
 from core.claim import Claimer
 from core.config import Config
 from core.db import Database
-from core.errors import BadArgument, Forbidden
+from core.errors import BadArgument, Conflict, Forbidden
 from core.states import State
 from tests.conftest import forget_package, make_package, wait_for, worker_process
 
@@ -177,6 +177,20 @@ async def test_pausing_everything_needs_admin_and_a_class_needs_execute(db: Data
     assert reply["flow"]["classes"] == [NOOP] and reply["workers"] == 0
     entry = await db.audit.find_one({"action": "queue.pause"})
     assert entry["actor"] == "bob" and entry["target"] == NOOP
+
+
+async def test_a_class_to_pause_must_be_a_class_name_and_the_list_is_bounded(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    for bad in ("", "NoDot", "a..b", "a.b c", "x" * 199 + ".y", 5):
+        with pytest.raises(BadArgument, match="qual_name"):
+            await flow.pause(db, user=ADMIN, qual_name=bad, wait=0)
+    monkeypatch.setattr(flow, "MAX_PAUSED", 2)
+    await flow.pause(db, user=ADMIN, qual_name="a.One", wait=0)
+    await flow.pause(db, user=ADMIN, qual_name="a.Two", wait=0)
+    with pytest.raises(Conflict, match="at most 2 job classes"):
+        await flow.pause(db, user=ADMIN, qual_name="a.Three", wait=0)
+    await flow.pause(db, user=ADMIN, wait=0)  # the whole queue still can
+    assert (await flow.read(db)).classes == {"a.One", "a.Two"}
 
 
 # --- tags -------------------------------------------------------------------------------------------------
