@@ -18,7 +18,7 @@ from core.cache import Cache
 from core.config import Config
 from core.db import Database
 from core.hub import Hub
-from handlers import jobs, schedules
+from handlers import docs, jobs, schedules
 from handlers.base import NotFoundHandler
 from handlers.services import Services
 from handlers.system import (HealthHandler, LoginHandler, LogoutHandler, MetricsHandler, OpenAPIHandler,
@@ -32,6 +32,7 @@ PREFIXES = ("/api/v1", "/core4/api/v1")
 _ID = r"([^/]+)"
 # Order matters: the first pattern that matches wins.
 ROUTES: list[tuple[str, type]] = [
+    (r"", docs.IndexHandler),  # the prefix itself: GET /api/v1 lists the routes
     (r"/health", HealthHandler),
     (r"/whoami", WhoamiHandler),
     (r"/login", LoginHandler),
@@ -68,6 +69,7 @@ def make_app(services: Services, routes: list[tuple[str, type]] = ROUTES, **sett
     """The application with every route mounted under each of ``PREFIXES``."""
     services.routes = routes
     handlers = [(prefix + path + "/?", handler) for prefix in PREFIXES for path, handler in routes]
+    handlers += docs.routes()  # /docs: Swagger UI (handlers.docs), outside the API
     return Application(handlers, default_handler_class=NotFoundHandler, services=services,
                        log_function=_log_request, **settings)
 

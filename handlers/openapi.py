@@ -27,7 +27,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Op", "Param", "build", "path_template", "operation_id", "PAGE_PARAMS", "LIST_PARAMS", "CURSOR_PARAMS"]
+__all__ = ["Op", "Param", "build", "operations", "path_template", "operation_id", "PAGE_PARAMS", "LIST_PARAMS",
+           "CURSOR_PARAMS"]
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,17 @@ _SCHEMAS: dict[str, Any] = {
                                "info": {"type": "object", "required": ["title", "version"]},
                                "servers": {"type": "array"}, "security": {"type": "array"},
                                "components": {"type": "object"}, "paths": {"type": "object"}}},
+    "Index": {"type": "object", "required": ["title", "links", "routes"], "description": "GET /api/v1",
+              "properties": {
+        "title": {"type": "string"},
+        "links": {"type": "object", "required": ["docs", "openapi", "dashboard"], "properties": {
+            "docs": {"type": "string", "description": "Swagger UI"},
+            "openapi": {"type": "string", "description": "this document"},
+            "dashboard": {"type": "string", "description": "the web dashboard"}}},
+        "routes": {"type": "array", "items": {"type": "object", "required": ["method", "path", "summary"],
+                                              "properties": {"method": {"type": "string"},
+                                                             "path": {"type": "string"},
+                                                             "summary": {"type": "string"}}}}}},
     "Nothing": {"type": "null"},
     "Any": {},
     "Reply": {"type": "object", "required": ["_id", "code", "message", "timestamp", "data"], "properties": {
@@ -325,21 +337,30 @@ _STATUS_HEADERS = {401: ("WWW-Authenticate",), 429: ("Retry-After",)}
 _UNSAFE = ("post", "put", "delete")
 
 _EVENT_TEXT = {"state": "`state` (the job, whenever it changed)", "log": "`log` (each log record once, in seq order)",
-               "close": "a last `close` (why the stream ends)"}
+               "close": "a last `close` (why the stream ends)",
+               "job": "`job` (a job's summary, whenever it changed)",
+               "job_log": "`log` (the log records of the jobs in ids, with logs=true)",
+               "reset": "`reset` (re-read from the REST routes)"}
 _STREAM = ("; the schema describes one event (as OpenAPI 3.2's itemSchema does), whose `data` is JSON. The first "
            "event also carries `retry: 2000`; `: keepalive` comments follow 15 s of silence. Resume with the "
            "Last-Event-ID header.")
 
 
 def path_template(pattern: str) -> str:
-    """``/job/kill/([^/]+)`` -> ``/job/kill/{id}``."""
-    return re.sub(r"\([^)]*\)", "{id}", pattern)
+    """``/job/kill/([^/]+)`` -> ``/job/kill/{id}``; the prefix's own route ``""`` -> ``/``."""
+    return re.sub(r"\([^)]*\)", "{id}", pattern) or "/"
 
 
 def operation_id(path: str, method: str) -> str:
-    """``/job/kill/{id}``, ``put`` -> ``put_job_kill_by_id``: unique per path and method."""
+    """``/job/kill/{id}``, ``put`` -> ``put_job_kill_by_id``: unique per path and method (``/``: ``get_index``)."""
     words = ["by_id" if part == "{id}" else part for part in re.split(r"[/.]", path) if part]
-    return "_".join([method, *words])
+    return "_".join([method, *(words or ["index"])])
+
+
+def operations(routes: list[tuple[str, type]]) -> list[tuple[str, str, Op]]:
+    """(path template, method, ``Op``) of every operation the handlers of ``routes`` declare, in route order."""
+    return [(path_template(pattern), method, op) for pattern, handler in routes
+            for method, op in getattr(handler, "api", {}).items()]
 
 
 def _headers(*names: str) -> dict[str, Any]:
@@ -442,12 +463,10 @@ def build(routes: list[tuple[str, type]], prefix: str = "/api/v1") -> dict[str, 
     """The OpenAPI document for ``routes`` (each handler's ``api``), served under ``prefix``."""
     paths: dict[str, Any] = {}
     sources: dict[str, list[dict[str, Any]]] = {"data": [], "data/_id": []}
-    for pattern, handler in routes:
-        path = path_template(pattern)
-        for method, op in getattr(handler, "api", {}).items():
-            paths.setdefault(path, {})[method] = operation = _operation(op, path, method)
-            if op.envelope and not (op.paginated or op.array) and op.reply in ("Id", "Job"):
-                sources["data" if op.reply == "Id" else "data/_id"].append(operation)
+    for path, method, op in operations(routes):
+        paths.setdefault(path, {})[method] = operation = _operation(op, path, method)
+        if op.envelope and not (op.paginated or op.array) and op.reply in ("Id", "Job"):
+            sources["data" if op.reply == "Id" else "data/_id"].append(operation)
     _link(paths, sources)
     return {
         "openapi": "3.1.0",
