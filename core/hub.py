@@ -30,6 +30,10 @@ by any process, drops it from them (``Database.changed``), every (re)open of
 the stream clears them, and ``heard_at`` tells them until when the stream is
 known to have delivered every change (its last empty answer; a quiet stream
 answers every second).
+
+Observers (``Hub.observers``, see ``HubObserver``) hear of every change of
+every job, followed or not, without a change stream of their own: the
+multiplexed event stream (``core.events``) is one.
 """
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ if TYPE_CHECKING:
 
     from core.db import Database
 
-__all__ = ["Hub", "Subscription", "Change", "RESYNC"]
+__all__ = ["Hub", "HubObserver", "Subscription", "Change", "RESYNC"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,7 @@ _COLLECTIONS = ("queue", "journal", "log")
 _CACHED = ("user", "registry")
 _PIPELINE = [{"$match": {"$or": [
     {"ns.coll": {"$in": list(_COLLECTIONS)}, "operationType": {"$in": ["insert", "update", "replace"]}},
+    {"ns.coll": "queue", "operationType": "delete"},  # for observers: a job that left the queue
     {"ns.coll": {"$in": list(_CACHED)}},
 ]}}]
 _MIB = 1024 * 1024
@@ -171,6 +176,29 @@ class Subscription:
         self.close()
 
 
+class HubObserver:
+    """Hears of every change of every job; subclass and override what you need (each is a no-op here).
+
+    Called on the event loop, between two changes: an observer must not block
+    or await, and what it raises is logged, never the hub's end.
+    """
+
+    def changed(self, kind: str, data: dict[str, Any]) -> None:
+        """``kind`` ``state``: a job document (``journal`` set); ``log``: a log record.
+
+        ``data`` is shared with the followers: read it, never change it.
+        """
+
+    def deleted(self, job_id: Any) -> None:
+        """A job left the queue (a journal move, whose journal insert comes too, or a delete)."""
+
+    def caught_up(self) -> None:
+        """The stream answered empty: every change committed before has been told."""
+
+    def resync(self, reason: str) -> None:
+        """Changes may have been missed (the stream reopened or stopped): whoever shows jobs must re-read."""
+
+
 class Hub:
     """Fans one change stream out to subscriptions by job id. ``start()``/``stop()``.
 
@@ -196,6 +224,8 @@ class Hub:
         self.events = 0             # change events received
         #: Called with the journal document of every job that reaches a final state.
         self.on_final: list[Callable[[dict[str, Any]], None]] = []
+        #: Told of every change of every job (see ``HubObserver``).
+        self.observers: list[HubObserver] = []
         #: ``time.monotonic()`` when the stream was last asked for news and
         #: answered none: every change made before is known. None until then.
         self.heard_at: float | None = None
@@ -219,7 +249,7 @@ class Hub:
         await stop_task(self._task)  # the driver may swallow one cancellation during an outage
         self._task = None
         self.live = False
-        self._resync_all()
+        self._resync_all("the server is stopping")
 
     def subscribe(self, job_id: Any) -> Subscription:
         """Start receiving the events of ``job_id``; close the subscription when done."""
@@ -266,10 +296,19 @@ class Hub:
         for subscription in subscriptions:
             subscription.put(change, hub_full=hub_full)
 
-    def _resync_all(self) -> None:
+    def _resync_all(self, reason: str) -> None:
         for subs in self._subscriptions.values():
             for subscription in subs:
                 subscription.put(RESYNC)
+        self._tell("resync", reason)
+
+    def _tell(self, method: str, *args: Any) -> None:
+        """Call ``method`` of every observer; one that fails is logged, the others and the hub go on."""
+        for observer in self.observers:
+            try:
+                getattr(observer, method)(*args)
+            except Exception:  # noqa: BLE001 - an observer's bug must not stop the followers' stream
+                log.exception("hub observer %r failed in %s", observer, method)
 
     async def _run(self) -> None:
         delay = _FIRST_DELAY
@@ -287,7 +326,7 @@ class Hub:
                     # after. Told before the open, a follower could re-read,
                     # miss a final transition committed before a stream opened
                     # from now, and then wait for it forever.
-                    self._resync_all()
+                    self._resync_all("the server's change stream was reopened; changes may have been missed")
                     while stream.alive:
                         asked = time.monotonic()
                         # try_next, not async for: an empty batch still
@@ -306,6 +345,7 @@ class Hub:
                         # An empty answer: every change committed before it was
                         # asked for has been dispatched.
                         self.heard_at = asked
+                        self._tell("caught_up")
                 log.warning("hub change stream ended; reopening in %.1f s", delay)
             except asyncio.CancelledError:
                 raise
@@ -346,11 +386,15 @@ class Hub:
             # A drop or rename has no documentKey: anything may have changed.
             self.db.changed(collection, change.get("documentKey", {}).get("_id"))
             return
+        if change["operationType"] == "delete":
+            self._tell("deleted", change.get("documentKey", {}).get("_id"))
+            return
         document = change.pop("fullDocument", None)  # the hub keeps none of it once fanned out
         if document is None:
             return  # an update whose document is gone already (moved to the journal)
         if change["ns"]["coll"] == "log":
             document.pop("_id", None)  # as logs.read returns records
+            self._tell("changed", "log", document)
             self._deliver(document["job_id"], "log", document)
         else:
             document.pop("unique_key", None)
@@ -358,6 +402,7 @@ class Hub:
             if document["journal"] and change["operationType"] != "update":  # a job's final move
                 for observer in self.on_final:
                     observer(document)
+            self._tell("changed", "state", document)
             self._deliver(document["_id"], "state", document)
 
 

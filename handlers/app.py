@@ -20,6 +20,7 @@ from core.db import Database
 from core.hub import Hub
 from handlers import docs, jobs, schedules
 from handlers.base import NotFoundHandler
+from handlers.events import EventsHandler
 from handlers.services import Services
 from handlers.system import (HealthHandler, LoginHandler, LogoutHandler, MetricsHandler, OpenAPIHandler,
                              WhoamiHandler)
@@ -47,6 +48,7 @@ ROUTES: list[tuple[str, type]] = [
     (r"/job/queue", jobs.QueueHandler),
     (r"/job/journal", jobs.JournalHandler),
     (r"/job/stats", jobs.StatsHandler),
+    (r"/job/events", EventsHandler),
     (r"/job/pause", jobs.PauseHandler),
     (r"/job/resume", jobs.ResumeHandler),
     (r"/job/detail/" + _ID, jobs.ReadDetailHandler),

@@ -313,9 +313,45 @@ def _event(kind: str, data: str) -> dict[str, Any]:
         "retry": {"type": "integer", "description": "ms to wait before reconnecting (on the first event)"}}}
 
 
-_EVENTS = {"state": "StateEvent", "log": "LogEvent", "close": "CloseEvent"}
+_EVENTS = {"state": "StateEvent", "log": "LogEvent", "close": "CloseEvent",
+           # GET /job/events: ids of their own (see JobEventId); its log event is "log" on the wire.
+           "job": "JobEvent", "job_log": "JobLogEvent", "reset": "ResetEvent"}
 _SCHEMAS.update({"StateEvent": _event("state", "Job"), "LogEvent": _event("log", "LogRecord"),
                  "CloseEvent": _event("close", "Close")})
+_SCHEMAS.update({
+    "JobEventId": {"type": "string", "pattern": r"^[0-9a-f]{8}-[0-9]+$", "description": (
+        "<nonce>-<seq> of GET /job/events: send it back as Last-Event-ID to resume after this event; the "
+        "nonce is the server process's")},
+    "JobSummary": {"type": "object", "description": "what GET /job/events tells of a job",
+                   "required": ["_id", "qual_name", "state", "prog", "version", "journal"], "properties": {
+        "_id": _ref("Id"), "qual_name": {"type": "string"}, "state": {"enum": _STATES},
+        "prog": {"type": "object", "properties": {"value": {"type": ["number", "null"]},
+                                                  "message": {"type": ["string", "null"]}}},
+        "priority": {"type": ["integer", "null"]}, "trial": {"type": ["integer", "null"]},
+        "attempts_left": {"type": ["integer", "null"]},
+        "enqueued": {"type": "object", "properties": {"at": _NULLABLE_TIME,
+                                                      "username": {"type": ["string", "null"]}}},
+        "started_at": _NULLABLE_TIME, "finished_at": _NULLABLE_TIME, "runtime": {"type": ["number", "null"]},
+        "locked": {"type": ["object", "null"], "properties": {"worker": {"type": ["string", "null"]}}},
+        "killed_at": _NULLABLE_TIME, "removed_at": _NULLABLE_TIME,
+        "last_error": {"type": ["object", "null"], "properties": {
+            "exception": {"type": ["string", "null"]}, "message": {"type": ["string", "null"]}}},
+        "version": {"type": "integer"},
+        "journal": {"type": "boolean", "description": "true: its final move to the journal, its last event"}}},
+    "Reset": {"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}},
+              "description": "re-read what you show from the REST routes: events may have been missed"},
+})
+
+
+def _job_event(kind: str, data: str) -> dict[str, Any]:
+    """One event of ``GET /job/events``: as ``_event``, with that stream's ids."""
+    event = _event(kind, data)
+    event["properties"]["id"] = _ref("JobEventId")
+    return event
+
+
+_SCHEMAS.update({"JobEvent": _job_event("job", "JobSummary"), "JobLogEvent": _job_event("log", "LogRecord"),
+                 "ResetEvent": _job_event("reset", "Reset")})
 
 _HEADERS = {
     "X-Request-Id": {"description": "this request's id, the `_id` of the reply", "required": True,

@@ -9,6 +9,7 @@ from core.auth import Authenticator
 from core.cache import Cache
 from core.config import Config
 from core.db import Database
+from core.events import JobEvents
 from core.hub import Hub
 from core.metrics import Metrics
 from core.proxies import TrustedProxies
@@ -42,8 +43,12 @@ class Services:
     job_inserts: RecordedInserts | None = None
     proxies: TrustedProxies | None = None
     job_import_errors: list[dict[str, str]] = field(default_factory=list)
+    #: Every job change, filtered for each client of ``GET /job/events`` (``core.events``); fed by ``hub``.
+    events: JobEvents | None = None
 
     def __post_init__(self) -> None:
+        if self.events is None:
+            self.events = JobEvents(self.hub)
         if self.streams is None:
             self.streams = StreamLimit(per_user=self.config.max_streams_per_user,
                                        total=self.config.max_streams)

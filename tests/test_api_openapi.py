@@ -18,7 +18,7 @@ METHODS = ("get", "post", "put", "delete")
 DUMMY = "jobs.example.DummyJob"
 PUBLIC = {("/health", "get"), ("/login", "post"), ("/logout", "post")}
 SSE = {("/job", "post"), ("/job/enqueue", "post"), ("/job/follow/{id}", "get"), ("/job/log/{id}", "get"),
-       ("/job/restart/{id}", "put")}
+       ("/job/restart/{id}", "put"), ("/job/events", "get")}
 
 
 def implemented() -> set[tuple[str, str]]:
@@ -125,7 +125,7 @@ async def test_streaming_operations_list_event_stream_content(document):
         content = operation["responses"]["200"]["content"]
         assert ("text/event-stream" in content) == ((path, method) in SSE), (method, path)
     # Those that stream only with follow=true can also answer JSON.
-    for path, method in SSE - {("/job/follow/{id}", "get")}:
+    for path, method in SSE - {("/job/follow/{id}", "get"), ("/job/events", "get")}:
         assert "application/json" in document["paths"][path][method]["responses"]["200"]["content"], (method, path)
 
 
