@@ -3,6 +3,6 @@
 Core imports neither the HTTP layer (``handlers``) nor the command line
 (``jobdeck``); both call the functions here.
 """
-__all__ = ["audit", "auth", "blocking", "cache", "claim", "config", "counts", "db", "embedded", "encoding", "errors", "follow",
+__all__ = ["audit", "auth", "blocking", "cache", "claim", "config", "counts", "db", "embedded", "encoding", "errors", "events", "follow",
            "forkserver", "hub", "job", "journal", "lease", "levels", "listing", "logs", "metrics", "permissions", "process",
            "proxies", "queue", "registry", "retention", "run", "runner", "scheduler", "schedules", "states", "stats", "tasks", "users", "worker"]

@@ -93,7 +93,8 @@ class EventFilter:
 
 
 def _names(value: Any, what: str) -> list[str] | None:
-    if value is None:
+    """The names of a comma-separated list (or a list); None (no filter) for none or an empty one."""
+    if value is None or value == "" or value == []:
         return None
     items = value if isinstance(value, list) else str(value).split(",")
     names = [str(item).strip() for item in items]
@@ -292,7 +293,7 @@ class JobEvents(HubObserver):
         self.seen = seen
         #: While the hub has no stream, a subscriber gets a ``reset`` this often (seconds).
         self.down_poll = max(hub.poll_seconds, 5.0)
-        self.nonce = secrets.token_hex(4)
+        self.nonce = f"{secrets.randbelow(10 ** 8):08d}"  # decimal: ids read as two numbers
         self.seq = 0            # of the newest entry
         self.after = 0          # the ring holds every entry after this seq
         self._ring: deque[_Entry] = deque()
@@ -314,7 +315,7 @@ class JobEvents(HubObserver):
     def _parse(self, value: str) -> int | None:
         """The seq of an id of this process, or None (malformed, another process's, or not yet made)."""
         nonce, dash, seq = value.strip().partition("-")
-        if not dash or nonce != self.nonce or not seq.isdigit() or len(seq) > 19:
+        if not dash or nonce != self.nonce or not (seq.isascii() and seq.isdigit()) or len(seq) > 19:
             return None
         number = int(seq)
         return number if number <= self.seq else None

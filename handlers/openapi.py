@@ -319,7 +319,7 @@ _EVENTS = {"state": "StateEvent", "log": "LogEvent", "close": "CloseEvent",
 _SCHEMAS.update({"StateEvent": _event("state", "Job"), "LogEvent": _event("log", "LogRecord"),
                  "CloseEvent": _event("close", "Close")})
 _SCHEMAS.update({
-    "JobEventId": {"type": "string", "pattern": r"^[0-9a-f]{8}-[0-9]+$", "description": (
+    "JobEventId": {"type": "string", "pattern": r"^[0-9]{8}-[0-9]+$", "description": (
         "<nonce>-<seq> of GET /job/events: send it back as Last-Event-ID to resume after this event; the "
         "nonce is the server process's")},
     "JobSummary": {"type": "object", "description": "what GET /job/events tells of a job",

@@ -17,6 +17,7 @@ import pytest
 from bson import ObjectId
 from httpx_sse import ServerSentEvent, aconnect_sse
 
+from core import users
 from core.db import Database
 from handlers.app import Server
 from tests.conftest import wait_for
@@ -321,3 +322,21 @@ async def test_without_credentials_401_and_past_the_stream_cap_429(deck, admin_h
         assert reply.status_code == 429 and "open streams" in reply.json()["error"]
     async with listening(admin_http, {"timeout": "0.5"}) as stream:
         await asyncio.wait_for(stream.ended.wait(), 10)  # its slot is free again
+
+
+
+async def test_rights_are_checked_again_at_keepalives(deck, admin_http, db: Database, team, worker_factory):
+    await worker_factory()
+    events = deck.services.events
+    async with client(deck, team["reader"]) as reader_http:
+        async with listening(reader_http) as reader:
+            await users.change_access(db, "reader", revoke=["job:jobs.example.*:r"], actor="test")
+            # At its next keepalive the stream goes on with the rights as they are now: none.
+            await wait_for(lambda: all(not s.user["perms"] for s in events._subscribers), timeout=10,
+                           message="the rights to be read again")
+            async with listening(admin_http) as witness:
+                job_id = await enqueue(admin_http, NOOP)
+                await witness.until(final(job_id))
+            assert reader.jobs() == []
+            await users.set_active(db, "reader", False, actor="test")  # disabled: the stream ends
+            await asyncio.wait_for(reader.ended.wait(), 10)
