@@ -21,6 +21,7 @@ from core.hub import Hub
 from handlers import docs, jobs, schedules
 from handlers.base import NotFoundHandler
 from handlers.events import EventsHandler
+from handlers.dashboard import DASHBOARD_ROUTES
 from handlers.services import Services
 from handlers.system import (HealthHandler, LoginHandler, LogoutHandler, MetricsHandler, OpenAPIHandler,
                              WhoamiHandler)
@@ -72,6 +73,7 @@ def make_app(services: Services, routes: list[tuple[str, type]] = ROUTES, **sett
     services.routes = routes
     handlers = [(prefix + path + "/?", handler) for prefix in PREFIXES for path, handler in routes]
     handlers += docs.routes()  # /docs: Swagger UI (handlers.docs), outside the API
+    handlers += DASHBOARD_ROUTES  # the dashboard's page and files (handlers.dashboard), outside the API
     return Application(handlers, default_handler_class=NotFoundHandler, services=services,
                        log_function=_log_request, **settings)
 
@@ -142,6 +144,11 @@ class Server:
         """The base URL of the API."""
         scheme = "https" if self.config.tls else "http"
         return f"{scheme}://{self.config.host}:{self.port}/api/v1"
+
+    @property
+    def dashboard_url(self) -> str:
+        """The dashboard's address (``/``)."""
+        return self.url[: -len("api/v1")]
 
     async def stop(self) -> None:
         """Stop listening and close every open connection."""
