@@ -327,7 +327,7 @@ class BaseHandler(RequestHandler):
             message = f"internal error; the server log has the details under request id {self.request_id}"
         self.set_status(status_code)
         if isinstance(exc, Unauthorized):
-            self.set_header("WWW-Authenticate", 'Basic realm="jobdeck", charset="UTF-8"')
+            self.set_header("WWW-Authenticate", self._challenge())
         if isinstance(exc, TooManyRequests):
             self.set_header("Retry-After", str(exc.retry_after))
         details = {k: v for k, v in getattr(exc, "details", {}).items() if k != "retry_after"}
@@ -335,6 +335,18 @@ class BaseHandler(RequestHandler):
         extra = {"details": details} if isinstance(exc, JobdeckError) and details else {}
         self.error_message = message
         self.finish(dumps(self.envelope(status_code, error=message, **extra)))
+
+    def _challenge(self) -> str:
+        """The ``WWW-Authenticate`` of a 401: Basic, but Bearer for a page's script.
+
+        A browser answers a Basic challenge to ``fetch`` or ``EventSource`` with
+        its own login dialog over the page (the dashboard shows its login form
+        instead); scripts say so by a ``Sec-Fetch-Mode`` other than ``navigate``.
+        """
+        mode = self.request.headers.get("Sec-Fetch-Mode")
+        if mode is not None and mode != "navigate":
+            return 'Bearer realm="jobdeck"'
+        return 'Basic realm="jobdeck", charset="UTF-8"'
 
     def _request_summary(self) -> str:
         # The access log's "GET /path (client)": the client behind a trusted proxy, not the proxy.

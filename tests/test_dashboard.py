@@ -91,6 +91,12 @@ async def test_shell_and_files_are_served_with_a_strict_policy_and_the_api_is_un
         assert (await http.get("/api/v1/health")).status_code == 200
         assert (await http.get("/api/v1/openapi.json")).status_code == 401
         assert (await http.get("/api/v1/job/queue")).status_code == 401
+        # A page's script gets no Basic challenge (the browser would answer it with its own login dialog).
+        script = await http.get("/api/v1/whoami", headers={"Sec-Fetch-Mode": "cors"})
+        assert script.status_code == 401 and script.headers["WWW-Authenticate"] == 'Bearer realm="jobdeck"'
+        opened = await http.get("/api/v1/whoami", headers={"Sec-Fetch-Mode": "navigate"})
+        assert opened.headers["WWW-Authenticate"].startswith("Basic ")
+        assert (await http.get("/api/v1/whoami")).headers["WWW-Authenticate"].startswith("Basic ")
 
 
 async def test_enqueue_watch_live_kill_restart_and_find_them_in_the_journal(server, team, worker, browser, db):
