@@ -65,6 +65,7 @@ async def _run(config: Config, url: str, *, http: bool, slots: int | None) -> No
             server = Server(config, db, job_import_errors=classes.import_errors)
             await server.start()
             click.echo(f"jobdeck serving {server.url} (database {config.database} at {url})", err=True)
+            click.echo(f"dashboard: {server.dashboard_url} (API docs: {server.dashboard_url}docs)", err=True)
             # Every server runs one; the holder of the scheduler lease enqueues the schedules' ticks.
             scheduler = Scheduler(db, lease_seconds=config.scheduler_lease_seconds)
             scheduler.start()

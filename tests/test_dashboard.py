@@ -16,7 +16,7 @@ import pytest
 
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "var" / "screenshots"
 DUMMY = "jobs.example.DummyJob"
@@ -62,6 +62,21 @@ async def screenshot(page, name: str) -> None:
     print(f"screenshot: {path}")
 
 
+def test_every_dashboard_file_is_package_data():
+    """An installed jobdeck (not only a checkout) has every file of the dashboard."""
+    import configparser
+    from fnmatch import fnmatch
+
+    from handlers.dashboard import DASHBOARD_DIR
+
+    parser = configparser.ConfigParser()
+    parser.read(Path(__file__).resolve().parent.parent / "setup.cfg")
+    patterns = [p.strip() for p in parser["options.package_data"]["jobdeck"].split(",")]
+    files = [str(p.relative_to(DASHBOARD_DIR.parent)) for p in DASHBOARD_DIR.rglob("*") if p.is_file()]
+    assert files and [f for f in files if not any(fnmatch(f, p) and "/" not in f[len(p.rsplit("/", 1)[0]) + 1:]
+                                                  for p in patterns)] == []
+
+
 async def test_shell_and_files_are_served_with_a_strict_policy_and_the_api_is_untouched(server):
     async with httpx.AsyncClient(base_url=server.dashboard_url, timeout=10) as http:
         shell = await http.get("/")
@@ -99,6 +114,7 @@ async def test_shell_and_files_are_served_with_a_strict_policy_and_the_api_is_un
         assert (await http.get("/api/v1/whoami")).headers["WWW-Authenticate"].startswith("Basic ")
 
 
+@needs_chromium
 async def test_enqueue_watch_live_kill_restart_and_find_them_in_the_journal(server, team, worker, browser, db):
     from playwright.async_api import expect
 
@@ -189,7 +205,9 @@ async def test_enqueue_watch_live_kill_restart_and_find_them_in_the_journal(serv
         await page.context.close()
 
 
-async def test_a_reader_sees_no_controls_and_the_api_refuses_it_anyway(server, team, team_clients, browser, db):
+@needs_chromium
+async def test_a_reader_sees_no_controls_and_the_api_refuses_it_anyway(server, team, team_clients, job_classes,
+                                                                     browser, db):
     from playwright.async_api import expect
 
     reply = await team_clients["admin"].post("/job", json={"qual_name": DUMMY, "args": {"sleep": 30},
@@ -230,6 +248,7 @@ async def test_a_reader_sees_no_controls_and_the_api_refuses_it_anyway(server, t
         await page.context.close()
 
 
+@needs_chromium
 async def test_two_hundred_jobs_enqueued_at_once_appear_in_the_live_queue(server, team, team_clients, browser,
                                                                         job_classes):
     from playwright.async_api import expect
