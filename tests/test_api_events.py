@@ -114,6 +114,7 @@ async def test_a_subscriber_sees_new_state_and_progress_changes_of_a_running_job
     async with listening(admin_http) as stream:
         job_id = await enqueue(admin_http, DUMMY, sleep=1, loop_time=0.2)
         await stream.until(final(job_id), message="the job's final event")
+    assert "reset" not in stream.kinds()  # its move to the journal deletes it from the queue: no reason to
     jobs = stream.jobs(job_id)
     assert all(set(job) == SUMMARY_KEYS for job in jobs), jobs[0]
     assert jobs[0]["state"] == "pending" and jobs[0]["journal"] is False
@@ -340,3 +341,12 @@ async def test_rights_are_checked_again_at_keepalives(deck, admin_http, db: Data
             assert reader.jobs() == []
             await users.set_active(db, "reader", False, actor="test")  # disabled: the stream ends
             await asyncio.wait_for(reader.ended.wait(), 10)
+
+
+async def test_a_job_deleted_from_the_queue_without_reaching_the_journal_gives_reset(deck, admin_http, db: Database):
+    async with listening(admin_http) as stream:
+        job_id = await enqueue(admin_http, NOOP)
+        await stream.until(lambda s: s.jobs(job_id))
+        await db.queue.delete_one({"_id": ObjectId(job_id)})  # as a batch that failed half-way is undone
+        await stream.until(lambda s: "reset" in s.kinds(), message="a reset")
+    assert "without reaching the journal" in stream.got[-1].json()["reason"]
