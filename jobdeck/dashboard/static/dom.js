@@ -78,3 +78,16 @@ export function throttle(fn, ms) {
     timer = setTimeout(() => { timer = null; last = Date.now(); fn(); }, wait);
   };
 }
+
+/** Call fn once calls have stopped for `quiet` ms, but at least every `most` ms while they go on. */
+export function debounce(fn, quiet, most) {
+  let timer = null;
+  let first = 0;
+  return function debounced() {
+    const now = Date.now();
+    if (!timer) first = now;
+    clearTimeout(timer);
+    const wait = Math.max(0, Math.min(quiet, first + most - now));
+    timer = setTimeout(() => { timer = null; fn(); }, wait);
+  };
+}

@@ -221,15 +221,19 @@ export function render(root, ctx, {id}) {
   const offJob = stream.subscribe("job", (change) => {
     if (change._id !== id || !job || (change.version ?? 0) < (job.version ?? 0)) return;
     const final = change.journal && !job.journal;
-    Object.assign(job, change);
+    const newError = change.last_error && JSON.stringify(change.last_error) !==
+      JSON.stringify({exception: job.last_error?.exception, message: job.last_error?.message});
+    const {enqueued, last_error: lastError, ...rest} = change; // a summary: keep what it leaves out
+    Object.assign(job, rest, {enqueued: {...job.enqueued, ...enqueued}});
     draw();
-    if (final || change.last_error) loadJob(); // the result and the traceback are not in the event
+    if (final || newError) loadJob(); // the result and the traceback are not in the event
   });
   const offLog = stream.subscribe("log", (record) => {
     if (record.job_id === id) add([record]);
   });
   const offReset = stream.subscribe("reset", () => { loadJob(); loadTail(); });
-  stream.followLogs(id);
+  const followed = /^[0-9a-f]{24}$/.test(id);
+  if (followed) stream.followLogs(id);
   olderButton.hidden = true;
   loadJob();
   loadTail();
@@ -238,6 +242,6 @@ export function render(root, ctx, {id}) {
     offJob();
     offLog();
     offReset();
-    stream.unfollowLogs(id);
+    if (followed) stream.unfollowLogs(id);
   };
 }

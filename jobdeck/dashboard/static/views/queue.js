@@ -3,7 +3,7 @@
 
 import * as api from "../api.js";
 import * as stream from "../stream.js";
-import {badge, duration, el, fill, notice, throttle, when} from "../dom.js";
+import {badge, debounce, duration, el, fill, notice, when} from "../dom.js";
 
 const STATES = {
   queue: ["pending", "running", "deferred", "failed"],
@@ -116,7 +116,8 @@ export function render(root, ctx, {mode, query}) {
       if (again && !gone) load();
     }
   }
-  const refresh = throttle(load, 500);
+  // Changes are shown at once; the page is re-read once they quieten down (for order and membership).
+  const refresh = debounce(load, 300, 1500);
 
   function draw() {
     rows = new Map();
@@ -125,8 +126,12 @@ export function render(root, ctx, {mode, query}) {
       rows.set(job._id, {row, job});
       return row;
     }));
-    if (!items.length) body.append(el("tr", {}, el("td", {colSpan: 8, className: "empty"},
+    if (!items.length) body.append(el("tr", {className: "empty"}, el("td", {colSpan: 8, className: "empty"},
       mode === "queue" ? "No live jobs." : "No finished jobs.")));
+    drawCount();
+  }
+
+  function drawCount() {
     const total = `${reply.total_count}${reply.total_exact === false ? "+" : ""}`;
     count.textContent = `${total} ${mode === "queue" ? "live" : "finished"} job${reply.total_count === 1 ? "" : "s"}` +
       (reply.page !== null && reply.page !== undefined && reply.page_count > 1
@@ -144,10 +149,15 @@ export function render(root, ctx, {mode, query}) {
 
   const offJob = stream.subscribe("job", (job) => {
     const known = rows.get(job._id);
+    if (!reply) return;
     if (mode === "queue") {
       if (known) {
         if (job.journal || !matches(job) || job.removed_at) {
-          known.row.classList.add("leaving");
+          known.row.remove();
+          rows.delete(job._id);
+          items = items.filter((item) => item._id !== job._id);
+          reply.total_count = Math.max(0, reply.total_count - 1);
+          drawCount();
           refresh();
         } else if ((job.version ?? 0) >= (known.job.version ?? 0)) {
           Object.assign(known.job, job);
@@ -157,6 +167,18 @@ export function render(root, ctx, {mode, query}) {
           if (filters.search) refresh();
         }
       } else if (!job.journal && matches(job)) {
+        // A new job: shown at once where the page has room (the re-read puts it in its place).
+        if (job.version === 1 && !cursor.after && !cursor.before && !filters.search) {
+          reply.total_count += 1;
+          if (items.length < filters.perPage) {
+            items.push(job);
+            const row = jobRow(job, mode);
+            rows.set(job._id, {row, job});
+            body.querySelector("tr.empty")?.remove();
+            body.append(row);
+          }
+          drawCount();
+        }
         refresh();
       }
     } else if (job.journal && matches(job) && !cursor.after && !cursor.before) {
