@@ -186,6 +186,17 @@ async def test_enqueue_watch_live_kill_restart_and_find_them_in_the_journal(serv
         await page.get_by_label("complete").uncheck()
         await expect(page.locator(f'tr[data-id="{killed}"]')).to_be_visible()
 
+        # A failing job shows its error and traceback.
+        failed = await page.evaluate("""async () => (await (await fetch("/api/v1/job", {method: "POST",
+            headers: {"Content-Type": "application/json"}, body: JSON.stringify({qual_name: "jobs.example.FailJob",
+            attempts: 1, follow: false})})).json()).data""")
+        await page.goto(f"{server.dashboard_url}#/job/{failed}")
+        await expect(page.locator(".summary .badge").first).to_have_text("error", timeout=LIVE)
+        await expect(page.locator(".last-error")).to_contain_text("RuntimeError: this job fails on purpose")
+        await page.get_by_text("Traceback", exact=True).click()
+        await expect(page.locator(".last-error pre.traceback")).to_contain_text("raise RuntimeError(message)")
+        await expect(page.get_by_role("button", name="Restart")).to_be_visible()
+
         await page.get_by_role("link", name="Workers").click()
         await expect(page.locator(f'tr[data-id="{worker.id}"]')).to_contain_text("alive")
         await expect(page.locator(f'tr[data-id="{worker.id}"]')).to_contain_text(child[-8:])
