@@ -80,6 +80,17 @@ window.addEventListener("load", () => {
     validatorUrl: null,
     // Basic credentials given to Authorize stay in the page, never in localStorage.
     persistAuthorization: false,
+    // A GET's arguments may come in a JSON body too (the document says so), but a browser cannot send a
+    // body with GET (fetch refuses): the page sends the query string fields only.
+    requestInterceptor: (request) => {
+      if (request.method === "GET" || request.method === "HEAD") {
+        delete request.body;
+        for (const name of Object.keys(request.headers || {})) {
+          if (name.toLowerCase() === "content-type") delete request.headers[name];
+        }
+      }
+      return request;
+    },
     presets: [SwaggerUIBundle.presets.apis],
     plugins: [SwaggerUIBundle.plugins.DownloadUrl],
     layout: "BaseLayout",
@@ -143,11 +154,10 @@ class IndexHandler(BaseHandler):
     Authenticated exactly when ``/openapi.json`` is: it tells the same.
     """
 
-    auth_required = OpenAPIHandler.auth_required and OpenAPIHandler.api["get"].auth
+    auth_required = OpenAPIHandler.auth_required
     api = {"get": Op("This index: every route (method, path, summary), and links to the docs, the OpenAPI "
-                     "document and the dashboard", reply="Index",
-                     errors=(401,) if OpenAPIHandler.api["get"].auth else (), auth=OpenAPIHandler.api["get"].auth,
-                     tags=("service",))}
+                     "document and the dashboard", reply="Index", errors=(401,) if auth_required else (),
+                     auth=auth_required, tags=("service",))}
 
     def get(self) -> None:
         prefix = self.request.path.rstrip("/")
