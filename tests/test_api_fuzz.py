@@ -48,11 +48,16 @@ NOOP = "jobs.example.NoopJob"
 FAIL = "jobs.example.FailJob"
 
 #: Without a worker, the stream of a job a generated request enqueues would only end with the request's
-#: timeout; the run with a worker reads streams.
+#: timeout; the run with a worker reads streams. GET /job/events ends after its timeout, pinned short (in
+#: every run).
 NO_STREAMS = """
 [[operations]]
 include-name = ["POST /job", "POST /job/enqueue", "PUT /job/restart/{id}"]
 parameters = { "query.follow" = "false", "body.follow" = false }
+
+[[operations]]
+include-name = "GET /job/events"
+parameters = { "query.timeout" = "0.5", "body.timeout" = 0.5 }
 """
 
 #: Generated qual_names are mostly one that exists, and scenarios are long enough to enqueue a job, then act on
@@ -83,6 +88,10 @@ parameters = {{ "query.follow" = "false", "body.follow" = false, "query.delay" =
 [[operations]]
 include-name = "POST /job/enqueue"
 parameters = {{ "query.delay" = "0", "body.delay" = 0, "query.requires" = "[]", "body.requires" = [] }}
+
+[[operations]]
+include-name = "GET /job/events"
+parameters = {{ "query.timeout" = "0.5", "body.timeout" = 0.5 }}
 
 [[operations]]
 include-name = ["PUT /job/pause", "PUT /job/resume"]
