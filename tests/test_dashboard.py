@@ -103,6 +103,7 @@ async def test_shell_and_files_are_served_with_a_strict_policy_and_the_api_is_un
         assert (await http.get("/job/abc")).headers["Location"] == "/#/job/abc"
         unknown = await http.get("/nothing-here")
         assert unknown.status_code == 404 and unknown.json()["error"] == "no such endpoint: /nothing-here"
+        assert (await http.head("/")).status_code == 200
         assert (await http.get("/api/v1/health")).status_code == 200
         assert (await http.get("/api/v1/openapi.json")).status_code == 401
         assert (await http.get("/api/v1/job/queue")).status_code == 401
@@ -285,3 +286,26 @@ async def test_two_hundred_jobs_enqueued_at_once_appear_in_the_live_queue(server
         assert page.errors == []
     finally:
         await page.context.close()
+
+
+@needs_chromium
+async def test_without_the_event_stream_the_views_re_read_every_two_seconds(config, db, team, job_classes, browser):
+    """Against a server without ``/job/events`` (an older one) the dashboard polls, and says so."""
+    from playwright.async_api import expect
+
+    from handlers.app import ROUTES, Server
+    from handlers.events import EventsHandler
+
+    server = Server(config, db, routes=[route for route in ROUTES if route[1] is not EventsHandler])
+    await server.start()
+    try:
+        page = await open_page(browser, server, "admin", "hans")
+        try:
+            await expect(page.locator("#stream-status")).to_have_text("polling every 2 s")
+            async with httpx.AsyncClient(base_url=server.url, auth=("admin", "hans"), timeout=10) as http:
+                reply = await http.post("/job", json={"qual_name": DUMMY, "follow": False})
+            await expect(page.locator(f'tr[data-id="{reply.json()["data"]}"]')).to_be_visible(timeout=LIVE)
+        finally:
+            await page.context.close()
+    finally:
+        await server.stop()
