@@ -57,8 +57,8 @@ _PAGE = f"""<!DOCTYPE html>
 <body>
 <nav class="jobdeck-bar" aria-label="jobdeck">
 <a href="/">dashboard</a> <a href="/api/v1">route index</a> <a href="/api/v1/openapi.json">openapi.json</a>
-<span>Try it out uses your login: log in on the dashboard first, or use Authorize (Basic: user name and
-password); without either, the browser asks for them.</span>
+<span>The API calls of this page use your login: log in on the dashboard first. Authorize acts as another
+user (Basic: user name and password, or a token).</span>
 </nav>
 <main id="swagger-ui" data-url="/api/v1/openapi.json"></main>
 <script src="{DOCS}/static/swagger-ui-bundle.js?v={_SWAGGER_VERSION}"></script>
