@@ -307,7 +307,7 @@ class Hub:
         for observer in self.observers:
             try:
                 getattr(observer, method)(*args)
-            except Exception:  # noqa: BLE001 - an observer's bug must not stop the followers' stream
+            except Exception:  # an observer's bug must not stop the followers' stream
                 log.exception("hub observer %r failed in %s", observer, method)
 
     async def _run(self) -> None:
