@@ -175,7 +175,7 @@ async def test_rebuild_recounts_counts_gone_wrong_and_a_database_never_counted(d
 async def test_counts_equal_a_recount_after_a_random_run_with_workers_killed(
         db: Database, config: Config, worker_factory: StartWorker) -> None:
     chance = random.Random(os.environ.get("JOBDECK_TEST_SEED", "counts"))
-    workers = [await worker_process(config, slots=2, lease_seconds=2) for _ in range(2)]
+    workers = list(await asyncio.gather(*(worker_process(config, slots=2, lease_seconds=2) for _ in range(2))))
     killed_workers = 0
     try:
         deadline = asyncio.get_running_loop().time() + 5
