@@ -112,6 +112,8 @@ class ViewRedirectHandler(RequestHandler):
     def get(self, path: str) -> None:
         self.redirect("/#/" + path.strip("/"))
 
+    head = get
+
 
 DASHBOARD_ROUTES: list[tuple[str, type]] = [
     (r"/", ShellHandler),
