@@ -249,6 +249,20 @@ async def test_a_reader_sees_no_controls_and_the_api_refuses_it_anyway(server, t
         }""", job_id)
         assert statuses == [403, 403, 403, 403]
         assert (await db.queue.find_one({}))["state"] == "pending"
+        # The page's reading of permissions (only to hide controls) agrees with the server's.
+        from core.permissions import may
+
+        user = {"name": "u", "active": True, "roles": [], "perms": [
+            "job:jobs.example.*:r", "job:reports.[a-c]?:x", "job:other.[!x]*:x", "job:a.b?c:x", "job:x+y.(z):x"]}
+        names = ["jobs.example.DummyJob", "jobsXexample.A", "reports.b1", "reports.d1", "reports.b12", "other.y",
+                 "other.x", "a.bXc", "a.b.c", "a.bc", "x+y.(z)", "xy.(z)", "jobs.example.\nX"]
+        version = (await page.locator("script[type=module]").get_attribute("src")).split("/")[2]
+        seen = await page.evaluate("""async ([version, user, names]) => {
+            const perms = await import(`/static/${version}/perms.js`);
+            return names.map((name) => [perms.may(user, name, "r"), perms.may(user, name, "x")]);
+        }""", [version, user, names])
+        assert seen == [[may(user, name, "r"), may(user, name, "x")] for name in names]
+
         # Its stats page has no pause switches.
         await page.get_by_role("link", name="Stats").click()
         await expect(page.locator("figure svg.bars").first).to_be_visible()

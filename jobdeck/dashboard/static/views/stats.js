@@ -88,13 +88,15 @@ export function render(root, ctx) {
     }
     pause.hidden = false;
     const whole = stats.paused?.all;
-    fill(pause, el("h2", {id: "pause-title"}, "Pause"),
+    fill(pause, el("h2", {id: "pause-title"}, "Pause and limits"),
       el("p", {className: "muted"}, "Paused jobs stay pending; running ones finish."),
       admin ? el("p", {}, el("button", {type: "button", className: whole ? "primary" : "", "aria-pressed": String(Boolean(whole)),
         onclick: (e) => change(e, whole ? "resume" : "pause")}, whole ? "Resume the whole queue" : "Pause the whole queue")) : null,
       classes.length ? el("ul", {className: "plain pause-list"}, classes.map((entry) => {
         const on = paused.has(entry.qual_name);
-        return el("li", {}, el("span", {className: "class"}, entry.qual_name), " ",
+        const limit = entry.defaults?.max_parallel;
+        return el("li", {}, el("span", {className: "class"}, entry.qual_name,
+                                limit ? el("span", {className: "muted small"}, ` at most ${limit} at once`) : null), " ",
           el("button", {type: "button", "aria-pressed": String(on), "aria-label": `${on ? "Resume" : "Pause"} ${entry.qual_name}`,
                         onclick: (e) => change(e, on ? "resume" : "pause", entry.qual_name)}, on ? "Resume" : "Pause"));
       })) : null);
