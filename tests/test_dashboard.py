@@ -297,6 +297,19 @@ async def test_two_hundred_jobs_enqueued_at_once_appear_in_the_live_queue(server
         assert await page.locator(f'tr[data-id="{ids[0]}"]').is_visible()
         assert await page.locator(f'tr[data-id="{ids[-1]}"]').count() == 1
         print(f"200 jobs shown {elapsed:.2f} s after the batch was enqueued")
+        # Pages of 25, walked with the listing's cursors; a search narrows them.
+        await page.get_by_label("Per page").select_option("25")
+        await expect(page.locator("table.jobs tbody tr")).to_have_count(25)
+        assert await page.locator("table.jobs tbody tr").first.get_attribute("data-id") == ids[0]
+        await page.get_by_role("button", name="Next").click()
+        await expect(page.locator("table.jobs tbody tr").first).to_have_attribute("data-id", ids[25])
+        await page.get_by_role("button", name="Previous").click()
+        await expect(page.locator("table.jobs tbody tr").first).to_have_attribute("data-id", ids[0])
+        await page.get_by_label("Search").fill("Fail*")
+        await expect(page.locator("table.jobs tbody")).to_have_text("No live jobs.")
+        assert page.url.endswith("#/queue?search=Fail*"), page.url
+        await page.get_by_label("Search").fill("dummy")
+        await expect(page.locator("table.jobs tbody tr")).to_have_count(25)
         assert page.errors == []
     finally:
         await page.context.close()

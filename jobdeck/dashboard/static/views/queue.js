@@ -28,7 +28,7 @@ export function render(root, ctx, {mode, query}) {
 
   const heading = el("h1", {}, mode === "queue" ? "Queue" : "Journal");
   const search = el("input", {id: `${mode}-search`, type: "search", value: filters.search,
-                              placeholder: "name, id or words; * and ? wildcards"});
+                              placeholder: "class name; * and ? wildcards"});
   const qualName = el("input", {id: `${mode}-class`, value: filters.qualName, list: `${mode}-classes`,
                                 placeholder: "all classes", autocomplete: "off"});
   const classes = el("datalist", {id: `${mode}-classes`});
