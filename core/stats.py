@@ -76,7 +76,9 @@ async def stats(db: Database, *, user: dict[str, Any], lease_seconds: float) -> 
         "finished_per_minute": {
             # The current 10 s slot and the five before it: the last 50 to 60 s.
             "last_minute": sum(n for change in counted for s, n in change.done.items() if s > slot - 6),
-            "last_hour": round(sum(sum(change.done.values()) for change in counted) / 60, 2)},
+            "last_hour": round(sum(sum(change.done.values()) for change in counted) / 60, 2),
+            # The last 60 minutes, oldest first, the current (partial) minute last.
+            "minutes": _per_minute(counted, slot)},
     }
 
 
@@ -97,6 +99,17 @@ async def _unrunnable(db: Database, visible: dict[str, Any], lease_seconds: floa
         if reason:
             found.append({"requires": group["_id"], "jobs": group["jobs"], "reason": reason})
     return sorted(found, key=lambda item: item["requires"])
+
+
+def _per_minute(counted: list[counts.Change], slot: int) -> list[int]:
+    """Jobs finished in each of the last 60 minutes (6 slots each), oldest first; the last is the current."""
+    per_slot: dict[int, int] = {}
+    for change in counted:
+        for done_slot, n in change.done.items():
+            per_slot[done_slot] = per_slot.get(done_slot, 0) + n
+    step = 60 // counts.SLOT_SECONDS
+    newest = slot - slot % step  # the first slot of the current minute
+    return [sum(per_slot.get(first + i, 0) for i in range(step)) for first in range(newest - 59 * step, newest + 1, step)]
 
 
 #: The states in the order they are shown.

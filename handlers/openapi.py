@@ -228,7 +228,10 @@ _SCHEMAS: dict[str, Any] = {
                            "reason": {"type": "string"}}}},
         "finished_per_minute": {"type": "object", "properties": {
             "last_minute": {"type": "integer", "minimum": 0},
-            "last_hour": {"type": "number", "minimum": 0, "description": "average per minute"}}}}},
+            "last_hour": {"type": "number", "minimum": 0, "description": "average per minute"},
+            "minutes": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 60,
+                        "maxItems": 60, "description": "jobs finished in each of the last 60 minutes, oldest "
+                        "first, the current minute last"}}}}},
     "Worker": {"type": "object", "required": ["_id", "heartbeat", "alive"], "properties": {
         "_id": {"type": "string"}, "host": {"type": "string", "description": "admins only"},
         "pid": {"type": "integer", "description": "admins only"}, "started": _ref("Time"),

@@ -140,7 +140,20 @@ async def test_jobs_finished_in_the_last_minute_and_hour_come_from_the_slots(db:
 
     figures = (await stats.stats(db, user=ADMIN, lease_seconds=5))["finished_per_minute"]
 
+    minutes = figures.pop("minutes")
     assert figures == {"last_minute": 6, "last_hour": 0.1}
+    assert len(minutes) == 60 and sum(minutes) == 6 and sum(minutes[-2:]) == 6  # this minute (or the one before)
+
+
+async def test_the_minutes_of_the_last_hour_place_each_finished_job_in_its_minute(db: Database) -> None:
+    now = datetime.now(timezone.utc)
+    for ago in (30, 30, 59):
+        await db.journal.insert_one({"_id": ObjectId(), "qual_name": "jobs.example.NoopJob", "state": "complete",
+                                     "finished_at": now - timedelta(minutes=ago), "version": 2})
+    await counts.rebuild(db)
+    minutes = (await stats.stats(db, user=ADMIN, lease_seconds=5))["finished_per_minute"]["minutes"]
+    moved = counts.slot_of(datetime.now(timezone.utc)) // 6 - counts.slot_of(now) // 6  # a minute began meanwhile
+    assert minutes[-31 - moved] == 2 and minutes[-60] == (1 if moved == 0 else 0)
 
 
 async def _journaled(db: Database, n: int) -> bool:

@@ -203,6 +203,9 @@ async def test_enqueue_watch_live_kill_restart_and_find_them_in_the_journal(serv
         await expect(page.locator(f'tr[data-id="{worker.id}"]')).to_contain_text(child[-8:])
         await page.get_by_role("link", name="Stats").click()
         await expect(page.locator("figure svg.bars").first).to_be_visible()
+        # The finished jobs of this test, from the server's counts of the last hour.
+        await expect(page.locator("figcaption", has_text="the last 60 minutes")).to_contain_text(
+            re.compile(r"the last 60 minutes: [1-9]"))
         await expect(page.get_by_role("button", name="Pause the whole queue")).to_be_visible()
         await expect(page.get_by_role("button", name=f"Pause {DUMMY}")).to_be_visible()
         await screenshot(page, "stats")

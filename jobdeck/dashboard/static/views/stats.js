@@ -1,5 +1,5 @@
-// Statistics (GET /job/stats): the jobs per state as a bar chart, the jobs finished per minute over
-// the time this page is open (sampled), the pause switches, and the schedules.
+// Statistics (GET /job/stats): the jobs per state as a bar chart, the jobs finished in each of the
+// last 60 minutes (the server's counts), the pause switches, and the schedules.
 
 import * as api from "../api.js";
 import * as stream from "../stream.js";
@@ -9,8 +9,6 @@ import * as schedules from "./schedules.js";
 
 const QUEUE = ["pending", "running", "deferred", "failed"];
 const JOURNAL = ["complete", "error", "inactive", "killed"];
-const SAMPLES = 60;
-const samples = []; // [time, finished in the last minute], kept across visits of this view
 
 export function render(root, ctx) {
   let gone = false;
@@ -38,11 +36,6 @@ export function render(root, ctx) {
       stats = (await api.get("/job/stats")).data;
       if (gone) return;
       notice(message, "");
-      const now = Date.now();
-      if (!samples.length || now - samples[samples.length - 1][0] > 4000) {
-        samples.push([now, stats.finished_per_minute?.last_minute ?? 0]);
-        if (samples.length > SAMPLES) samples.shift();
-      }
       draw();
     } catch (error) {
       if (!gone) notice(message, error.message, "error");
@@ -65,14 +58,12 @@ export function render(root, ctx) {
     const bars = [...QUEUE.map((s) => [s, stats.queue?.[s] || 0]), ...JOURNAL.map((s) => [s, stats.journal?.[s] || 0])];
     fill(stateChart, barChart(bars, "Jobs by state"),
          el("figcaption", {}, bars.map(([s, n]) => `${s} ${n}`).join(", ")));
-    // Always SAMPLES slots, the newest on the right: the bars keep their width as samples come.
-    const rate = [...Array(Math.max(0, SAMPLES - samples.length)).fill(["", 0]),
-                  ...samples.map(([time, n]) => [new Date(time).toLocaleTimeString(), n])];
-    fill(rateChart, barChart(rate, "Jobs finished in the last minute, sampled every 5 s while this page is open",
-                             {labels: false}),
-         el("figcaption", {}, samples.length
-           ? `now ${samples[samples.length - 1][1]} per minute; ${samples.length} sample${samples.length === 1 ? "" : "s"} since this page opened`
-           : "no samples yet"));
+    // The last 60 minutes, the current one (so far) on the right.
+    const minutes = stats.finished_per_minute?.minutes || [];
+    const rate = minutes.map((n, i) => [`${minutes.length - 1 - i} min ago`, n]);
+    fill(rateChart, barChart(rate, "Jobs finished in each of the last 60 minutes", {labels: false}),
+         el("figcaption", {}, `the last 60 minutes: ${minutes.reduce((a, b) => a + b, 0)} jobs; ` +
+            `this minute so far ${minutes[minutes.length - 1] ?? 0}`));
     drawPause();
   }
 
