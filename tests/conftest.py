@@ -117,9 +117,25 @@ def cli_env(config: Config) -> dict[str, str]:
             "JOBDECK_DATA_DIR": config.data_dir}
 
 
+_ADMIN_HASH: list[str] = []  # the argon2 hash of "hans" the first ``admin`` made
+
+
 @pytest.fixture
 async def admin(db: Database) -> dict[str, Any]:
-    return await users.add(db, "admin", "hans", roles=["admin"], actor="test")
+    """admin/hans, added with ``users.add`` (its audit entry too).
+
+    argon2 is slow (a quarter of a second): the first test hashes "hans",
+    later ones get that hash again (its salt is in it, so it verifies).
+    """
+    if not _ADMIN_HASH:
+        user = await users.add(db, "admin", "hans", roles=["admin"], actor="test")
+        _ADMIN_HASH.append((await db.user.find_one({"name": "admin"}))["password"])
+        return user
+    real = users.PASSWORDS.hash
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(users.PASSWORDS, "hash", lambda secret, **kw: _ADMIN_HASH[0] if secret == "hans"
+                      else real(secret, **kw))
+        return await users.add(db, "admin", "hans", roles=["admin"], actor="test")
 
 
 @pytest.fixture
