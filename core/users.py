@@ -11,6 +11,12 @@ credentials in every server process notice that a user changed.
 Every change is written to ``audit``, and dropped from this process's caches
 of user documents at once (``Database.changed``; other processes' hubs hear
 of it from their change stream). Hashing runs off the event loop.
+
+Who acts: every function takes ``by``, the acting user's document (the HTTP
+routes pass the caller), and then raises ``Forbidden`` unless it is an active
+admin (``get`` also lets a user read itself) and audits its name; without
+``by`` it is an operator's command (the command line, the first start), which
+names itself as ``actor``.
 """
 from __future__ import annotations
 
@@ -28,13 +34,13 @@ from core import audit
 from core.blocking import run_blocking
 from core.encoding import is_utf8
 from core.errors import BadArgument, Conflict, NotFound
-from core.permissions import check_permission, check_role
+from core.permissions import check_permission, check_role, require_admin
 
 if TYPE_CHECKING:
     from core.db import Database
 
 __all__ = ["PASSWORDS", "add", "get", "find", "list_users", "set_password", "change_access",
-           "set_active", "remove", "verify_password", "public", "bootstrap_admin", "check_name"]
+           "set_active", "update", "remove", "verify_password", "public", "bootstrap_admin", "check_name"]
 
 # argon2 for new hashes; older schemes are still verified, then rehashed.
 PASSWORDS = CryptContext(schemes=["argon2", "pbkdf2_sha256", "bcrypt"], deprecated="auto")
@@ -73,6 +79,19 @@ def _check_password(password: str) -> str:
     return password
 
 
+def _acting(by: dict[str, Any] | None, actor: str | None) -> str:
+    """The audit actor of a change: ``by``'s name once it is known to be an admin, else ``actor``.
+
+    Raises ``Forbidden`` when ``by`` is not an active admin.
+    """
+    if by is not None:
+        require_admin(by)
+        return by["name"]
+    if actor is None:
+        raise TypeError("give by (the acting user) or actor (the operator command's name)")
+    return actor
+
+
 def public(user: dict[str, Any]) -> dict[str, Any]:
     """The user as shown to clients: everything but the hash and internals."""
     return {key: user.get(key) for key in _PUBLIC_FIELDS}
@@ -83,22 +102,31 @@ async def find(db: Database, name: str) -> dict[str, Any] | None:
     return await db.user.find_one({"name": name})
 
 
-async def get(db: Database, name: str) -> dict[str, Any]:
-    """The user document named ``name``; raises ``NotFound``."""
+async def get(db: Database, name: str, *, by: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The user document named ``name``; raises ``NotFound``.
+
+    With ``by``, raises ``Forbidden`` unless ``by`` is an admin or that user.
+    """
+    if by is not None and by.get("name") != name:
+        require_admin(by)
     user = await find(db, name)
     if user is None:
         raise NotFound(f"no user {name!r}")
     return user
 
 
-async def list_users(db: Database) -> list[dict[str, Any]]:
-    """All users, by name, without password hashes."""
+async def list_users(db: Database, *, by: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """All users, by name, without password hashes; with ``by``, for admins only (``Forbidden``)."""
+    if by is not None:
+        require_admin(by)
     return [public(user) async for user in db.user.find({}).sort("name", 1)]
 
 
 async def add(db: Database, name: str, password: str, *, roles: Iterable[str] = (),
-              perms: Iterable[str] = (), actor: str) -> dict[str, Any]:
+              perms: Iterable[str] = (), actor: str | None = None,
+              by: dict[str, Any] | None = None) -> dict[str, Any]:
     """Create an active user; raises ``BadArgument`` or ``Conflict`` if the name is taken."""
+    actor = _acting(by, actor)
     check_name(name)
     _check_password(password)
     roles = sorted({check_role(role) for role in roles})
@@ -127,8 +155,10 @@ async def _update(db: Database, name: str, change: dict[str, Any]) -> dict[str, 
     return user
 
 
-async def set_password(db: Database, name: str, password: str, *, actor: str) -> dict[str, Any]:
+async def set_password(db: Database, name: str, password: str, *, actor: str | None = None,
+                       by: dict[str, Any] | None = None) -> dict[str, Any]:
     """Replace a user's password; tokens issued before stop working."""
+    actor = _acting(by, actor)
     _check_password(password)
     await get(db, name)
     hashed = await run_blocking(PASSWORDS.hash, password)
@@ -149,12 +179,14 @@ async def _require_other_admin(db: Database, name: str, action: str) -> None:
 
 async def change_access(db: Database, name: str, *, grant: Iterable[str] = (),
                         revoke: Iterable[str] = (), add_roles: Iterable[str] = (),
-                        drop_roles: Iterable[str] = (), actor: str) -> dict[str, Any]:
+                        drop_roles: Iterable[str] = (), actor: str | None = None,
+                        by: dict[str, Any] | None = None) -> dict[str, Any]:
     """Grant and revoke permissions and roles of a user.
 
     Raises ``BadArgument`` for malformed permissions or unknown roles, and
     ``Conflict`` when dropping the admin role of the last active admin.
     """
+    actor = _acting(by, actor)
     grant = {check_permission(p) for p in grant}
     revoke = {check_permission(p) for p in revoke}
     add_roles = {check_role(r) for r in add_roles}
@@ -178,11 +210,13 @@ async def change_access(db: Database, name: str, *, grant: Iterable[str] = (),
     return public(await get(db, name))
 
 
-async def set_active(db: Database, name: str, active: bool, *, actor: str) -> dict[str, Any]:
+async def set_active(db: Database, name: str, active: bool, *, actor: str | None = None,
+                     by: dict[str, Any] | None = None) -> dict[str, Any]:
     """Enable or disable a user; a disabled user cannot log in or use a token.
 
     Raises ``Conflict`` when disabling the last active admin.
     """
+    actor = _acting(by, actor)
     if not active:
         await _require_other_admin(db, name, "disable")
     user = await _update(db, name, {"active": bool(active)})
@@ -190,8 +224,39 @@ async def set_active(db: Database, name: str, active: bool, *, actor: str) -> di
     return public(user)
 
 
-async def remove(db: Database, name: str, *, actor: str) -> None:
+async def update(db: Database, name: str, *, password: str | None = None, grant: Iterable[str] = (),
+                 revoke: Iterable[str] = (), admin: bool | None = None, active: bool | None = None,
+                 actor: str | None = None, by: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Change several things of a user at once: access, then ``active``, then the password.
+
+    Every argument is checked before anything changes: raises ``BadArgument``
+    (also when nothing is to change), ``NotFound``, or ``Conflict`` when the
+    last active admin would lose its role or be disabled. Each change is
+    audited as by the function making it.
+    """
+    actor = _acting(by, actor)
+    grant, revoke = [check_permission(p) for p in grant], [check_permission(p) for p in revoke]
+    if password is not None:
+        _check_password(password)
+    if not (grant or revoke or password is not None or admin is not None or active is not None):
+        raise BadArgument("nothing to change: give password, grant, revoke, admin or active")
+    user = await get(db, name)
+    if admin is False or active is False:
+        await _require_other_admin(db, name, "drop the admin role of" if admin is False else "disable")
+    if grant or revoke or admin is not None:
+        user = await change_access(db, name, grant=grant, revoke=revoke, add_roles=["admin"] if admin else [],
+                                   drop_roles=["admin"] if admin is False else [], actor=actor)
+    if active is not None:
+        user = await set_active(db, name, active, actor=actor)
+    if password is not None:
+        user = await set_password(db, name, password, actor=actor)
+    return public(user)
+
+
+async def remove(db: Database, name: str, *, actor: str | None = None,
+                 by: dict[str, Any] | None = None) -> None:
     """Delete a user; raises ``NotFound``, or ``Conflict`` for the last active admin."""
+    actor = _acting(by, actor)
     await _require_other_admin(db, name, "remove")
     removed = await db.user.find_one_and_delete({"name": name}, {"_id": 1})
     if removed is None:

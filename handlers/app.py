@@ -18,7 +18,7 @@ from core.cache import Cache
 from core.config import Config
 from core.db import Database
 from core.hub import Hub
-from handlers import docs, jobs, schedules
+from handlers import docs, jobs, schedules, users
 from handlers.base import NotFoundHandler
 from handlers.events import EventsHandler
 from handlers.dashboard import DASHBOARD_ROUTES
@@ -65,6 +65,8 @@ ROUTES: list[tuple[str, type]] = [
     (r"/schedule/" + _ID + r"/pause", schedules.SchedulePauseHandler),
     (r"/schedule/" + _ID + r"/resume", schedules.ScheduleResumeHandler),
     (r"/schedule/" + _ID, schedules.ScheduleDetailHandler),
+    (r"/user", users.UsersHandler),
+    (r"/user/" + _ID, users.UserHandler),
 ]
 
 

@@ -255,7 +255,9 @@ _SCHEMAS: dict[str, Any] = {
                            "within the wait"}}},
     "ImportError": {"type": "object", "required": ["module", "error"], "description": "a job module that "
                     "could not be imported", "properties": {"module": {"type": "string"}, "error": {"type": "string"}}},
-    "User": {"type": "object", "required": ["name"], "properties": {
+    # As core.users.check_name.
+    "UserName": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$", "description": "a user name"},
+    "User": {"type": "object", "required": ["name"], "description": "a user: never its password", "properties": {
         "name": {"type": "string"}, "roles": _STRINGS, "perms": _STRINGS,
         "active": {"type": ["boolean", "null"]}, "created": _NULLABLE_TIME, "updated": _NULLABLE_TIME,
         "admin": {"type": "boolean"}}},
@@ -367,8 +369,8 @@ _HEADERS = {
 }
 
 _STATUS = {400: "bad argument, id or body", 401: "no or wrong credentials (WWW-Authenticate: Basic)",
-           403: "not permitted, or a cross-site request", 404: "unknown job or qual_name",
-           409: "the job's state does not allow this", 413: "body too large",
+           403: "not permitted, or a cross-site request", 404: "unknown job, qual_name, schedule or user",
+           409: "the job's state does not allow this (users: the name is taken, or the last active admin)", 413: "body too large",
            415: "a body that changes something must be application/json",
            429: "too many failed logins, or too many open streams and long polls (Retry-After)",
            503: "database unavailable"}

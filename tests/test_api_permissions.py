@@ -319,6 +319,8 @@ ANONYMOUS = {  # a request per route pattern; each must be refused before it is 
     r"/job/restart/([^/]+)": ("PUT", f"/job/restart/{JOB}"),
     r"/job/([^/]+)/([^/]+)": ("PUT", f"/job/explode/{JOB}"),
     r"/job/([^/]+)": ("DELETE", f"/job/{JOB}"),
+    r"/user": ("POST", "/user"),
+    r"/user/([^/]+)": ("DELETE", "/user/admin"),
 }
 PUBLIC = {r"/health", r"/login", r"/logout"}
 
