@@ -278,6 +278,32 @@ async def test_a_reader_sees_no_controls_and_the_api_refuses_it_anyway(server, t
 
 
 @needs_chromium
+async def test_an_admin_adds_a_user_with_a_permission_and_changes_it_in_the_users_view(server, team, browser, db):
+    from playwright.async_api import expect
+
+    page = await open_page(browser, server, "admin", "hans")
+    try:
+        await page.get_by_role("link", name="Users").click()
+        await page.get_by_label("New user's name").fill("carol")
+        await page.get_by_label("New user's password").fill("carol-pw")
+        await page.get_by_label("New user's permissions").fill("job:reports.*:r")
+        await page.get_by_role("button", name="Add user").click()
+        row = page.locator('tr[data-name="carol"]')
+        await expect(row).to_contain_text("job:reports.*:r")
+        await page.get_by_role("button", name="Edit carol").click()
+        await page.get_by_label("Grant permissions").fill("job:jobs.example.*:x")
+        await page.get_by_role("button", name="Grant", exact=True).click()
+        await expect(row).to_contain_text("job:jobs.example.*:x")
+        await page.get_by_role("button", name="Disable").click()
+        await expect(row).to_contain_text("disabled")
+        carol = await db.user.find_one({"name": "carol"})
+        assert (carol["perms"], carol["active"]) == (["job:jobs.example.*:x", "job:reports.*:r"], False)
+        assert page.errors == []
+    finally:
+        await page.context.close()
+
+
+@needs_chromium
 async def test_two_hundred_jobs_enqueued_at_once_appear_in_the_live_queue(server, team, team_clients, browser,
                                                                         job_classes):
     from playwright.async_api import expect
