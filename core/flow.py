@@ -73,9 +73,9 @@ class Flow:
                    version=document["version"] if isinstance(document.get("version"), int) else 0)
 
 
-async def read(db: Database) -> Flow:
-    """What is paused now."""
-    return Flow.of(await db.settings.find_one({"_id": FLOW_ID}))
+async def read(db: Database, **options: Any) -> Flow:
+    """What is paused now (``options`` go to the read, e.g. ``max_time_ms``)."""
+    return Flow.of(await db.settings.find_one({"_id": FLOW_ID}, **options))
 
 
 async def pause(db: Database, *, user: dict[str, Any], qual_name: Any = None, lease_seconds: float = 30.0,
@@ -163,10 +163,10 @@ def runnable_by(tags: Iterable[str]) -> dict[str, Any]:
     return {"requires": {"$not": {"$elemMatch": {"$nin": sorted(tags)}}}}
 
 
-async def live_tags(db: Database, lease_seconds: float) -> list[frozenset[str]]:
-    """The tags of each live worker."""
+async def live_tags(db: Database, lease_seconds: float, **options: Any) -> list[frozenset[str]]:
+    """The tags of each live worker (``options`` go to the read, e.g. ``max_time_ms``)."""
     since = datetime.now(timezone.utc) - timedelta(seconds=lease_seconds)
-    workers = await db.worker.find({"heartbeat": {"$gte": since}}, {"tags": 1}).to_list()
+    workers = await db.worker.find({"heartbeat": {"$gte": since}}, {"tags": 1}, **options).to_list()
     return [frozenset(tag for tag in w.get("tags") or () if isinstance(tag, str)) for w in workers]
 
 

@@ -438,7 +438,7 @@ async def _add_workers(db: Database, entries: list[dict[str, Any]], lease_second
             live = {worker["_id"]: worker.get("host") for worker in await db.worker.find(
                 {"_id": {"$in": sorted(ids, key=str)}, "heartbeat": {"$gte": cutoff}}, {"host": 1},
                 max_time_ms=QUERY_TIMEOUT_MS).to_list()}
-    paused = await flow.read(db)
+    paused = await flow.read(db, max_time_ms=QUERY_TIMEOUT_MS)
     for entry in entries:
         entry["paused"] = paused.paused(entry["_id"])
         offers = entry.pop("offered_by", None) or []

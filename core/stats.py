@@ -59,7 +59,7 @@ async def stats(db: Database, *, user: dict[str, Any], lease_seconds: float) -> 
                                                            key=lambda m: int(m[1:])))
         alive = await db.worker.count_documents(
             {"heartbeat": {"$gte": now - timedelta(seconds=lease_seconds)}}, maxTimeMS=QUERY_TIMEOUT_MS)
-        paused = await flow.read(db)
+        paused = await flow.read(db, max_time_ms=QUERY_TIMEOUT_MS)
         unrunnable = await _unrunnable(db, visible, lease_seconds)
     slot = counts.slot_of(now)
     totals = {state: sum(figures[state] for figures in classes.values()) for state in _STATES}
@@ -92,7 +92,7 @@ async def _unrunnable(db: Database, visible: dict[str, Any], lease_seconds: floa
                                              maxTimeMS=QUERY_TIMEOUT_MS)).to_list()
     if not groups:
         return []
-    workers = await flow.live_tags(db, lease_seconds)
+    workers = await flow.live_tags(db, lease_seconds, max_time_ms=QUERY_TIMEOUT_MS)
     found = []
     for group in groups:
         reason = flow.unmet(group["_id"], workers)

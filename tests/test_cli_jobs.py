@@ -470,7 +470,7 @@ def test_stats_json_counts_match_the_queue_and_the_journal(run: Callable[..., Re
 
 def test_workers_json_is_an_empty_list_without_workers(run: Callable[..., Result]) -> None:
     assert as_json(run("workers", "--json")) == []
-    assert ok(run("workers")).split() == ["_ID", "ALIVE", "SLOTS", "RUNNING", "HEARTBEAT", "STARTED"]
+    assert ok(run("workers")).split() == ["_ID", "ALIVE", "SLOTS", "RUNNING", "TAGS", "HEARTBEAT", "STARTED"]
 
 
 # =====================================================================================
