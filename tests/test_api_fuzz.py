@@ -29,7 +29,7 @@ from typing import AsyncIterator
 import httpx
 import pytest
 
-from core import registry
+from core import registry, users
 from core.config import Config
 from core.db import Database
 from core.worker import Worker
@@ -59,6 +59,18 @@ parameters = { "query.follow" = "false", "body.follow" = false }
 include-name = "GET /job/events"
 parameters = { "query.timeout" = "0.5", "body.timeout" = 0.5 }
 """
+
+#: The runs authenticate as admin:hans, whom a generated PUT or DELETE /user/{id} naming "admin" could lock out
+#: (a new password) or, with another admin added by POST /user, demote, disable or remove. So the operations on
+#: one user act on a throwaway user (which POST /user may add, and PUT and DELETE change or remove), never on
+#: the admin; ``still_admin`` checks after each run.
+THROWAWAY = "fuzz-target"
+PINNED_USER = f"""
+[[operations]]
+include-name = ["GET /user/{{id}}", "PUT /user/{{id}}", "DELETE /user/{{id}}"]
+parameters = {{ "path.id" = "{THROWAWAY}" }}
+"""
+NO_STREAMS += PINNED_USER
 
 #: Generated qual_names are mostly one that exists, and scenarios are long enough to enqueue a job, then act on
 #: it. The jobs of those that it streams or follows start at once (delay 0; with a run_at too, a 400; no
@@ -96,7 +108,7 @@ parameters = {{ "query.timeout" = "0.5", "body.timeout" = 0.5 }}
 [[operations]]
 include-name = ["PUT /job/pause", "PUT /job/resume"]
 parameters = {{ "query.qual_name" = "{FAIL}", "body.qual_name" = "{FAIL}" }}
-"""
+""" + PINNED_USER
 
 
 async def schemathesis(url: str, schema: Path, *options: str, settings: str, timeout: float = 240) -> str:
@@ -124,9 +136,18 @@ def figure(report: str, pattern: str) -> int:
     return int(found[1])
 
 
+async def still_admin(server) -> None:
+    """The run's admin still logs in with its password and is an admin, and no generated request changed it."""
+    async with httpx.AsyncClient(base_url=server.url, auth=("admin", "hans")) as http:
+        reply = await http.get("/whoami")
+    assert reply.status_code == 200 and reply.json()["data"]["admin"], reply.text
+    assert not await server.db.audit.count_documents({"target": "admin", "actor": {"$ne": "test"}})
+
+
 @pytest.fixture
 async def schema(server, admin, tmp_path) -> Path:
-    """The server's OpenAPI document, fetched as admin (it needs authentication too)."""
+    """The server's OpenAPI document, fetched as admin (it needs authentication too); and the throwaway user."""
+    await users.add(server.db, THROWAWAY, "throwaway", actor="test")
     async with httpx.AsyncClient(base_url=server.url, auth=("admin", "hans")) as http:
         reply = await http.get("/openapi.json")
     path = tmp_path / "openapi.json"
@@ -139,6 +160,7 @@ async def test_generated_requests_as_admin_get_only_documented_replies(server, s
     report = await schemathesis(server.url, schema, *FUZZING, "--auth", "admin:hans", "--max-examples", "12",
                                 settings=NO_STREAMS)
     assert figure(report, r"(\d+) generated") > 300
+    await still_admin(server)
 
 
 @pytest.mark.timeout(600)
@@ -169,3 +191,4 @@ async def test_every_reply_conforms_to_the_document_also_along_its_links(server,
     assert figure(report, r"Tested: (\d+)") == operations
     assert figure(report, r"(\d+) generated") > 350
     assert figure(report, r"API Links: +(\d+) covered") > 0  # the stateful phase acted on enqueued jobs
+    await still_admin(server)
