@@ -50,9 +50,10 @@ _INDEXES: dict[str, list[IndexModel]] = {
                    partialFilterExpression={"unique_key": {"$exists": True}}),
         # Only jobs of schedules (core.scheduler): is a schedule's previous job still live?
         IndexModel([("schedule.id", ASCENDING)], name="schedule", sparse=True),
-        # Only jobs that require worker tags (core.flow): stats group the waiting ones.
-        IndexModel([("requires", ASCENDING)], name="requires",
-                   partialFilterExpression={"requires": {"$exists": True}}),
+        # Only jobs that require worker tags (core.flow): stats group the waiting ones. Sparse, not
+        # partial: the embedded server reads the whole queue for a query on a partial index (0.7 s with
+        # 20,000 queued, against 4 ms).
+        IndexModel([("requires", ASCENDING)], name="requires", sparse=True),
     ],
     "journal": [
         IndexModel([("finished_at", DESCENDING)], name="finished_at"),

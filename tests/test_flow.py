@@ -313,3 +313,4 @@ async def test_an_election_while_limited_jobs_run_and_a_pause_is_asked_loses_not
     ended = await db.journal.find({"_id": {"$in": ids}}).to_list()
     assert [job["state"] for job in ended] == ["complete"] * 3
     assert await db.slots.count_documents({}) == 0
+
