@@ -188,6 +188,13 @@ CASES: list[Case] = [
     case("/job/events", "GET", "/job/events", 400, "argument 'timeout': expected seconds from 0 to",
          params={"timeout": -1}),
     case("/job/events", "POST", "/job/events", 405, "method POST is not allowed"),
+    # -- users (audited changes: a refused one writes no entry)
+    case("/user", "POST", "/user", 400, "the password must not be empty", json={"name": "dave", "password": ""}),
+    case("/user", "POST", "/user", 409, "user 'admin' exists already", json={"name": "admin", "password": "x"}),
+    case("/user", "DELETE", "/user", 405, "method DELETE is not allowed"),
+    case(r"/user/([^/]+)", "PUT", "/user/admin", 400, "nothing to change", json={}),
+    case(r"/user/([^/]+)", "GET", "/user/nobody", 404, "no user 'nobody'"),
+    case(r"/user/([^/]+)", "DELETE", "/user/admin", 409, "it is the last active admin"),
     # -- schedules
     case("/schedule", "POST", "/schedule", 400, "bad cron 'every minute'",
          json={"qual_name": DUMMY, "cron": "every minute"}),
