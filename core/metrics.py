@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from core.permissions import require_admin
+from core.permissions import READ, require_admin
 from core.states import State
 from core.stats import stats
 
@@ -70,7 +70,7 @@ class Metrics:
 
     async def render(self, db: Database, *, user: dict[str, Any], lease_seconds: float) -> bytes:
         """The Prometheus text exposition; raises ``Forbidden`` unless ``user`` is an admin."""
-        require_admin(user)
+        require_admin(user, READ)
         figures = await stats(db, user=user, lease_seconds=lease_seconds)
         for collection in ("queue", "journal"):
             for state, count in figures[collection].items():

@@ -3,6 +3,11 @@
 ``r`` lets a user see and follow jobs whose qual_name matches the glob; ``x``
 also lets them enqueue, kill, restart and remove them. ``admin`` may do
 everything, users included. Disabled users may do nothing.
+
+A user document with ``read_only`` set (what a read-only API token
+authenticates as, ``core.tokens``) keeps every ``r`` and loses every ``x``:
+``may(..., "x")`` is false, and an admin keeps only the admin's reading
+rights (``require_admin(user, READ)``).
 """
 from __future__ import annotations
 
@@ -50,7 +55,7 @@ def _globs(user: dict[str, Any], action: str) -> Iterable[str]:
 
 def may(user: dict[str, Any], qual_name: str, action: str) -> bool:
     """Whether ``user`` may read (``"r"``) or execute (``"x"``) jobs named ``qual_name``."""
-    if not user.get("active"):
+    if not user.get("active") or (action != READ and user.get("read_only")):
         return False
     if is_admin(user):
         return True
@@ -64,16 +69,21 @@ def require(user: dict[str, Any], qual_name: str, action: str) -> None:
         raise Forbidden(f"user {user.get('name')!r} may not {verb} {qual_name}")
 
 
-def require_admin(user: dict[str, Any]) -> None:
-    """Raise ``Forbidden`` unless ``user`` is an active admin."""
+def require_admin(user: dict[str, Any], action: str = EXECUTE) -> None:
+    """Raise ``Forbidden`` unless ``user`` is an active admin; for a change (``action`` ``"x"``,
+    the default) one not authenticated read-only."""
     if not is_admin(user):
         raise Forbidden(f"user {user.get('name')!r} is not an admin")
+    if action != READ and user.get("read_only"):
+        raise Forbidden(f"a read-only token of {user.get('name')!r} may not change anything")
 
 
 def readable_filter(user: dict[str, Any], action: str = READ, field: str = "qual_name") -> dict[str, Any]:
     """A MongoDB filter matching the documents whose ``field`` the user may read (or execute)."""
-    if is_admin(user):
+    if is_admin(user) and not (action != READ and user.get("read_only")):
         return {}
+    if action != READ and user.get("read_only"):
+        return {field: {"$in": []}}
     patterns = [fnmatch.translate(glob) for glob in _globs(user, action)] if user.get("active") else []
     if not patterns:
         return {field: {"$in": []}}

@@ -34,7 +34,7 @@ from core import audit
 from core.blocking import run_blocking
 from core.encoding import is_utf8
 from core.errors import BadArgument, Conflict, NotFound
-from core.permissions import check_permission, check_role, require_admin
+from core.permissions import READ, check_permission, check_role, require_admin
 
 if TYPE_CHECKING:
     from core.db import Database
@@ -108,7 +108,7 @@ async def get(db: Database, name: str, *, by: dict[str, Any] | None = None) -> d
     With ``by``, raises ``Forbidden`` unless ``by`` is an admin or that user.
     """
     if by is not None and by.get("name") != name:
-        require_admin(by)
+        require_admin(by, READ)
     user = await find(db, name)
     if user is None:
         raise NotFound(f"no user {name!r}")
@@ -118,7 +118,7 @@ async def get(db: Database, name: str, *, by: dict[str, Any] | None = None) -> d
 async def list_users(db: Database, *, by: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """All users, by name, without password hashes; with ``by``, for admins only (``Forbidden``)."""
     if by is not None:
-        require_admin(by)
+        require_admin(by, READ)
     return [public(user) async for user in db.user.find({}).sort("name", 1)]
 
 
