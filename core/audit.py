@@ -17,22 +17,35 @@ command where one command is used. ``RecordedInserts``
 does the same for many concurrent callers at once (the server's enqueues):
 those that arrive while a write is under way go in together next, which
 costs the database about half as much per document.
+
+``listing`` reads the trail, for admins (and operators): filtered by actor,
+action (or an action prefix), target and time, newest first, paginated like
+the journal (page numbers, or ``next``/``prev`` cursors whose pages cost what
+a page holds, ``core.keyset``).
 """
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
+from dateutil.parser import isoparse
 from pymongo import InsertOne
 from pymongo.errors import BulkWriteError, ClientBulkWriteException, DuplicateKeyError, PyMongoError, WriteError
+
+from core.errors import BadArgument
+from core.keyset import page_of
+from core.listing import Page, check_text, combine, time_range
+from core.permissions import READ, require_admin
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.collection import AsyncCollection
 
     from core.db import Database
 
-__all__ = ["record", "insert_recorded", "RecordedInserts", "Also", "entry", "recent", "MAX_NAME"]
+__all__ = ["record", "insert_recorded", "RecordedInserts", "Also", "entry", "recent", "listing", "parse_time",
+           "MAX_NAME"]
 
 MAX_NAME = 100
 
@@ -193,3 +206,109 @@ async def recent(db: Database, *, target: str | None = None, limit: int = 100) -
     """The newest audit entries first, optionally only those about ``target``."""
     query = {} if target is None else {"target": target}
     return await db.audit.find(query, {"_id": 0}).sort("at", -1).limit(limit).to_list()
+
+
+# ---------------------------------------------------------------- reading the trail
+
+_ORDER = [("at", -1), ("_id", -1)]
+_SHOWN = {"at": 1, "action": 1, "actor": 1, "target": 1, "detail": 1}
+# An action, or a prefix of actions ending in "." or ".*" ("job.", "job.*"): letters, digits, _ . : -.
+_ACTION = re.compile(r"[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*(\.\*?)?")
+_AGE = re.compile(r"(\d{1,9}(?:\.\d{1,6})?)\s*([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_MAX_TIME_TEXT = 64
+
+
+def parse_time(value: Any, name: str, *, now: datetime | None = None) -> datetime | None:
+    """``value`` as a UTC time: a datetime, ISO 8601 text (no zone: UTC) or an age before ``now`` (``3d``).
+
+    Ages are a number and ``s``, ``m``, ``h``, ``d`` or ``w``: ``90m``, ``2h``, ``1.5d``. ``None`` or blank text is
+    None. Raises ``BadArgument`` naming ``name`` for anything else, and for a
+    time outside the years 1 to 9999 in UTC.
+    """
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return _utc(value, name)
+    text = check_text(value, name).strip()
+    if not text:
+        return None
+    if len(text) > _MAX_TIME_TEXT:
+        raise BadArgument(f"{name}: at most {_MAX_TIME_TEXT} characters, got {len(text)}")
+    if age := _AGE.fullmatch(text):
+        try:
+            return (now or datetime.now(timezone.utc)) - timedelta(**{_UNITS[age[2]]: float(age[1])})
+        except OverflowError:
+            raise BadArgument(f"{name}: {text!r} reaches back before the year 1") from None
+    try:
+        moment = isoparse(text)
+    except (ValueError, OverflowError):
+        raise BadArgument(f"{name}: expected an ISO 8601 time such as 2026-11-24T10:00:00Z (without a zone: UTC) "
+                          f"or an age such as 90m, 2h, 3d or 1w, got {text[:40]!r}") from None
+    return _utc(moment, name)
+
+
+def _utc(moment: datetime, name: str) -> datetime:
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        raise BadArgument(f"{name}: {moment.isoformat()} is out of range once converted to UTC "
+                          "(years 1 to 9999)") from None
+
+
+def _name_filter(field: str, name: str, value: Any) -> dict[str, Any]:
+    """``{field: value}`` for an exact match (blank: no condition); ``BadArgument`` for a bad value."""
+    if value is None:
+        return {}
+    value = check_text(value, name)
+    if not value:
+        return {}
+    if len(value) > MAX_NAME:
+        raise BadArgument(f"{name}: at most {MAX_NAME} characters (the trail keeps the first {MAX_NAME} of a "
+                          f"name), got {len(value)}")
+    return {field: value}
+
+
+def _action_filter(value: Any) -> dict[str, Any]:
+    """An exact action (``job.kill``), or every action under a prefix ending in ``.`` or ``.*`` (``job.*``)."""
+    condition = _name_filter("action", "action", value)
+    if not condition:
+        return {}
+    action = condition["action"]
+    if not _ACTION.fullmatch(action):
+        raise BadArgument(f"action: expected an action such as job.kill, or a prefix ending in '.*' such as job.* "
+                          f"(letters, digits, _ : - between dots), got {action[:40]!r}")
+    if not action.endswith((".", ".*")):
+        return condition
+    prefix = action.rstrip("*")
+    # A range, not a $regex: the prefix's actions sort between "job." and "job/".
+    return {"action": {"$gte": prefix, "$lt": prefix[:-1] + chr(ord(prefix[-1]) + 1)}}
+
+
+async def listing(db: Database, *, by: dict[str, Any] | None, user: Any = None, action: Any = None,
+                  target: Any = None, since: Any = None, until: Any = None, page: int = 0, per_page: int = 10,
+                  after: Any = None, before: Any = None) -> Page:
+    """Audit entries, newest first, as ``{_id, at, action, actor, target, detail}``: a page of them.
+
+    ``by`` the acting user: ``Forbidden`` unless an active admin (a
+    read-only token of one will do); None is an operator's command. Filters,
+    each optional (None or blank: none): ``user`` the entry's ``actor``
+    (exact; names of failed logins are kept cut to ``MAX_NAME``
+    characters); ``action`` exact, or a prefix ending in ``.`` or ``.*``
+    (``job.*``: every ``job.`` action); ``target`` exact; ``since``
+    (included) and ``until`` (excluded) as ``parse_time`` takes them.
+    ``page``/``per_page`` or the cursors ``after``/``before`` (a page's
+    ``next``/``prev``) as ``core.keyset.page_of`` takes them. Raises
+    ``BadArgument`` naming the bad filter.
+    """
+    if by is not None:
+        require_admin(by, READ)
+    now = datetime.now(timezone.utc)
+    query = combine(_name_filter("actor", "user", user), _action_filter(action),
+                    _name_filter("target", "target", target),
+                    time_range("at", parse_time(since, "since", now=now), parse_time(until, "until", now=now)))
+    return await page_of(db.audit, query, listing="audit", sort=_ORDER, after=after, before=before, page=page,
+                         per_page=per_page, projection=_SHOWN,
+                         advice="narrow it with user, action, target or since/until", kind="time")

@@ -27,6 +27,8 @@ ENV_PREFIX = "JOBDECK_"
 SEARCH_PATH = (Path("jobdeck.toml"), Path("/etc/jobdeck/jobdeck.toml"))
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 JOB_STARTS = ("fork", "spawn")
+#: The longest audit_retention_days: a TTL index expires after at most 2**31 - 1 seconds.
+MAX_AUDIT_RETENTION_DAYS = 24855
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Config:
     heartbeat_seconds: float = 5.0
     scheduler_lease_seconds: float = 30.0
     log_retention_days: float = 30.0
+    audit_retention_days: float = 365.0
     journal_retention_days: float | None = None
     worker_slots: int = 2
     kill_grace_seconds: float = 10.0
@@ -215,6 +218,10 @@ def _check_range(key: str, value: Any, where: str) -> None:
         raise ConfigError(f"{where}: must be greater than 0, got {value}")
     if key in ("kill_grace_seconds", "shutdown_grace_seconds") and value < 0:
         raise ConfigError(f"{where}: must not be negative, got {value}")
+    # 0 keeps the audit trail for ever; the most a TTL index takes is 2**31 - 1 seconds (about 68 years).
+    if key == "audit_retention_days" and not 0 <= value <= MAX_AUDIT_RETENTION_DAYS:
+        raise ConfigError(f"{where}: days between 0 (keep every entry) and {MAX_AUDIT_RETENTION_DAYS}, "
+                          f"got {value:g}")
     if key == "job_start" and value not in JOB_STARTS:
         raise ConfigError(f"{where}: one of {', '.join(JOB_STARTS)}, got {value!r}")
     if key == "log_level" and value.upper() not in LOG_LEVELS:

@@ -24,7 +24,7 @@ from core.errors import DatabaseUnavailable
 if TYPE_CHECKING:
     from core.cache import Cache
 
-__all__ = ["Database", "COLLECTIONS", "LOG_TTL_INDEX"]
+__all__ = ["Database", "COLLECTIONS", "LOG_TTL_INDEX", "AUDIT_TTL_INDEX"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ MAX_SESSIONS = 32
 COLLECTIONS = ("queue", "journal", "log", "registry", "user", "worker", "audit", "settings", "counts", "count_changes",
                "enqueue_keys", "slots", "schedules")
 LOG_TTL_INDEX = "log_ttl"
+#: Deletes audit entries ``audit_retention_days`` after their ``at`` (none while that is 0).
+AUDIT_TTL_INDEX = "audit_ttl"
 
 # Every query jobdeck makes is served by one of these (the embedded server
 # scans a collection for an unindexed query, which is slow; see SPEC §3.1).
@@ -70,6 +72,11 @@ _INDEXES: dict[str, list[IndexModel]] = {
     "audit": [
         IndexModel([("at", DESCENDING)], name="at"),
         IndexModel([("target", ASCENDING), ("at", DESCENDING)], name="target"),
+        # Reading the trail (core.audit.listing), newest first: keyset windows on ``at`` alone or after one
+        # filter's value, and the ties of one ``at`` by ``_id``.
+        IndexModel([("at", DESCENDING), ("_id", DESCENDING)], name="at_id"),
+        IndexModel([("actor", ASCENDING), ("at", DESCENDING)], name="actor"),
+        IndexModel([("action", ASCENDING), ("at", DESCENDING)], name="action"),
         # Deletes an entry at its ``expires`` date (failed logins); entries without one stay.
         IndexModel([("expires", ASCENDING)], name="expires", expireAfterSeconds=0),
     ],
@@ -201,10 +208,13 @@ class Database:
         """Close the client and its connections."""
         await self.client.close()
 
-    async def setup(self, *, log_retention_days: float) -> None:
+    async def setup(self, *, log_retention_days: float, audit_retention_days: float | None = None) -> None:
         """Learn what the server supports; create every index idempotently, and
         the ``log`` TTL index at its configured age; count the jobs of a
         database never counted (``core.counts.ensure``).
+
+        ``audit_retention_days`` sets the ``audit`` TTL index on ``at``
+        (``_ensure_audit_ttl``); None leaves it as it is.
 
         Raises ``DatabaseUnavailable`` when MongoDB cannot be reached.
         """
@@ -216,6 +226,8 @@ class Database:
             for collection, models in _INDEXES.items():
                 await self.db[collection].create_indexes(models)
             await self._ensure_log_ttl(int(log_retention_days * 86400))
+            if audit_retention_days is not None:
+                await self._ensure_audit_ttl(audit_retention_days)
             await counts.ensure(self)
         except ConnectionFailure as exc:
             raise DatabaseUnavailable(f"MongoDB is unreachable: {exc}") from None
@@ -229,6 +241,23 @@ class Database:
             # create_index refuses to change options of an existing index.
             await self.db.command("collMod", "log",
                                   index={"name": LOG_TTL_INDEX, "expireAfterSeconds": seconds})
+
+    async def _ensure_audit_ttl(self, days: float) -> None:
+        """The ``audit`` TTL index on ``at`` expiring entries ``days`` after it; 0: no such index (kept for ever).
+
+        Entries with ``expires`` (failed logins) also keep their own TTL
+        index: whichever comes first deletes them.
+        """
+        existing = (await self.audit.index_information()).get(AUDIT_TTL_INDEX)
+        if not days:
+            if existing is not None:
+                await self.audit.drop_index(AUDIT_TTL_INDEX)
+            return
+        seconds = max(1, int(days * 86400))  # 0 would delete at once
+        if existing is None:
+            await self.audit.create_index([("at", ASCENDING)], name=AUDIT_TTL_INDEX, expireAfterSeconds=seconds)
+        elif existing.get("expireAfterSeconds") != seconds:
+            await self.db.command("collMod", "audit", index={"name": AUDIT_TTL_INDEX, "expireAfterSeconds": seconds})
 
     async def health(self, *, timeout: float = 2.0) -> dict[str, Any]:
         """Ping the server; return ``{"database": "ok", "ping_ms": ...}``.

@@ -19,6 +19,7 @@ from core.config import Config
 from core.db import Database
 from core.hub import Hub
 from handlers import docs, jobs, schedules, users
+from handlers.audit import AuditHandler
 from handlers.base import NotFoundHandler
 from handlers.events import EventsHandler
 from handlers.dashboard import DASHBOARD_ROUTES
@@ -65,6 +66,7 @@ ROUTES: list[tuple[str, type]] = [
     (r"/schedule/" + _ID + r"/pause", schedules.SchedulePauseHandler),
     (r"/schedule/" + _ID + r"/resume", schedules.ScheduleResumeHandler),
     (r"/schedule/" + _ID, schedules.ScheduleDetailHandler),
+    (r"/audit", AuditHandler),
     (r"/user", users.UsersHandler),
     (r"/user/" + _ID, users.UserHandler),
 ]

@@ -348,6 +348,18 @@ _SCHEMAS.update({
 })
 
 
+_SCHEMAS.update({
+    "AuditEntry": {"type": "object", "required": ["_id", "at", "action", "actor", "target", "detail"],
+                   "description": "one entry of the audit trail (GET /audit)", "properties": {
+        "_id": {"type": "string", "pattern": "^[0-9a-f]{24}$"}, "at": _ref("Time"),
+        "action": {"type": "string", "description": "e.g. job.enqueue, job.kill, user.add, login.failed"},
+        "actor": {"type": "string", "description": "who acted: a user, cli:<login> for the command line; "
+                                                   "names longer than 100 characters are cut"},
+        "target": {"type": ["string", "null"], "description": "what it acted on: a job id, a user name..."},
+        "detail": {"type": "object", "description": "more of what happened, by action"}}},
+})
+
+
 def _job_event(kind: str, data: str) -> dict[str, Any]:
     """One event of ``GET /job/events``: as ``_event``, with that stream's ids."""
     event = _event(kind, data)
