@@ -70,7 +70,8 @@ def run_with_database(config: Config, work: Callable[[Database], Awaitable[T]]) 
         async def main() -> T:
             db = Database.connect(url, config.database)
             try:
-                await db.setup(log_retention_days=config.log_retention_days)
+                await db.setup(log_retention_days=config.log_retention_days,
+                               audit_retention_days=config.audit_retention_days)
                 return await work(db)
             finally:
                 await db.close()

@@ -49,7 +49,8 @@ async def _run(config: Config, url: str, *, http: bool, slots: int | None) -> No
     signals = _Signals(runs_jobs=bool(slots))
     db = Database.connect(url, config.database)
     try:
-        await db.setup(log_retention_days=config.log_retention_days)
+        await db.setup(log_retention_days=config.log_retention_days,
+                       audit_retention_days=config.audit_retention_days)
         classes = registry.discover(config.job_packages, paths=config.job_paths)
         server = worker = scheduler = None
         # serve offers its job classes itself; up's worker offers them as it starts.
