@@ -5,4 +5,4 @@ Core imports neither the HTTP layer (``handlers``) nor the command line
 """
 __all__ = ["audit", "auth", "blocking", "cache", "claim", "config", "counts", "db", "embedded", "encoding", "errors", "events", "follow",
            "forkserver", "hub", "job", "journal", "lease", "levels", "listing", "logs", "metrics", "permissions", "process",
-           "proxies", "queue", "registry", "retention", "run", "runner", "scheduler", "schedules", "states", "stats", "tasks", "users", "worker"]
+           "proxies", "queue", "registry", "retention", "run", "runner", "scheduler", "schedules", "startup", "states", "stats", "tasks", "users", "worker"]

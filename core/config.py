@@ -20,6 +20,7 @@ from typing import Any, Mapping
 from core.errors import BadArgument, ConfigError
 from core.flow import check_tags
 from core.proxies import parse_network
+from core.startup import redact_url
 
 __all__ = ["Config", "load", "SEARCH_PATH", "ENV_PREFIX"]
 
@@ -112,7 +113,9 @@ def _find_file(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> P
     if explicit:
         candidate = Path(explicit)
         if not candidate.is_file():
-            raise ConfigError(f"configuration file {candidate} does not exist")
+            named_by = "--config" if path else f"{ENV_PREFIX}CONFIG"
+            problem = "is a directory" if candidate.is_dir() else "does not exist"
+            raise ConfigError(f"configuration file {candidate} {problem}; set {named_by} to a TOML file")
         return candidate.resolve()
     for candidate in SEARCH_PATH:
         if candidate.is_file():
@@ -233,7 +236,7 @@ def _check_range(key: str, value: Any, where: str) -> None:
     if key == "database" and any(c in value for c in '/\\. "$'):
         raise ConfigError(f"{where}: a database name cannot contain / \\ . space \" or $, got {value!r}")
     if key == "mongo_url" and value and not value.startswith(("mongodb://", "mongodb+srv://")):
-        raise ConfigError(f"{where}: expected a mongodb:// or mongodb+srv:// URL, got {value!r}")
+        raise ConfigError(f"{where}: expected a mongodb:// or mongodb+srv:// URL, got {redact_url(value)!r}")
 
 
 def _tags(entries: list[str], where: str) -> list[str]:

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.errors import ConfigurationError, ConnectionFailure, PyMongoError
 from pymongo.read_concern import ReadConcern
 
-from core import counts
+from core import counts, startup
 from core.errors import DatabaseUnavailable
 
 if TYPE_CHECKING:
@@ -113,6 +113,8 @@ class Database:
     def __init__(self, client: AsyncMongoClient, name: str) -> None:
         self.client = client
         self.name = name
+        #: The URL connected to (``connect`` sets it); messages show it through ``startup.redact_url``.
+        self.url = ""
         self.db = client[name]
         #: Whether the server runs multi-document transactions (a replica set
         #: does); learnt by ``setup``.
@@ -143,17 +145,22 @@ class Database:
         until they are in (see ``core.run``). ``event_listeners`` are PyMongo
         monitoring listeners (tests count commands with them).
         """
-        client: AsyncMongoClient = AsyncMongoClient(
-            url,
-            tz_aware=True,
-            tzinfo=timezone.utc,
-            appname="jobdeck",
-            serverSelectionTimeoutMS=int(timeout * 1000),
-            connectTimeoutMS=int(timeout * 1000),
-            w="majority",
-            event_listeners=event_listeners or [],
-        )
-        return cls(client, name)
+        try:
+            client: AsyncMongoClient = AsyncMongoClient(
+                url,
+                tz_aware=True,
+                tzinfo=timezone.utc,
+                appname="jobdeck",
+                serverSelectionTimeoutMS=int(timeout * 1000),
+                connectTimeoutMS=int(timeout * 1000),
+                w="majority",
+                event_listeners=event_listeners or [],
+            )
+        except ConfigurationError as exc:  # a malformed URL or option
+            raise startup.bad_database_url(url, exc) from exc
+        database = cls(client, name)
+        database.url = url
+        return database
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncClientSession]:
@@ -216,7 +223,8 @@ class Database:
         ``audit_retention_days`` sets the ``audit`` TTL index on ``at``
         (``_ensure_audit_ttl``); None leaves it as it is.
 
-        Raises ``DatabaseUnavailable`` when MongoDB cannot be reached.
+        Raises ``ConfigError`` (a start-up error naming ``mongo_url``, see
+        ``core.startup``) when MongoDB does not answer.
         """
         try:
             hello = await self.client.admin.command("hello")
@@ -229,8 +237,8 @@ class Database:
             if audit_retention_days is not None:
                 await self._ensure_audit_ttl(audit_retention_days)
             await counts.ensure(self)
-        except ConnectionFailure as exc:
-            raise DatabaseUnavailable(f"MongoDB is unreachable: {exc}") from None
+        except (ConnectionFailure, ConfigurationError) as exc:  # ConfigurationError: an SRV name not found
+            raise startup.unreachable_database(self.url, exc, self.client.options.server_selection_timeout) from exc
 
     async def _ensure_log_ttl(self, seconds: int) -> None:
         existing = (await self.log.index_information()).get(LOG_TTL_INDEX)

@@ -65,6 +65,7 @@ from typing import Any, Callable, Iterator
 
 import psutil
 
+from core import startup
 from core.errors import ConfigError, DatabaseUnavailable
 
 __all__ = ["EmbeddedServer", "RunningServer", "SharedServer", "database_url", "find_running", "executable",
@@ -408,12 +409,13 @@ def shared_server(data_dir: str | os.PathLike[str], *, timeout: float = 30.0, ex
 
     On leaving, the server is stopped if no other live user remains, and left
     running for them otherwise (``left_running_for`` says for whom). With
-    ``exclusive``, raises ``ConfigError`` if a server already runs. Raises
+    ``exclusive``, raises ``ConfigError`` if a server already runs, and if
+    ``data_dir`` cannot be created or written (``core.startup``). Raises
     ``DatabaseUnavailable`` if it cannot start. ``announce(data_dir)`` is
     called just before a server is started (none ran).
     """
     data_dir = Path(data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    _prepare(data_dir)
     keeper, user = None, os.getpid()
     with _locked(data_dir):
         running = find_running(data_dir)
@@ -445,6 +447,16 @@ def shared_server(data_dir: str | os.PathLike[str], *, timeout: float = 30.0, ex
                     _stop_kept(data_dir)
                 if keeper is not None:
                     keeper.poll()  # reaps it if it has exited
+
+
+def _prepare(data_dir: Path) -> None:
+    """Create ``data_dir`` if need be and check that it can be written, before anything starts."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with open(data_dir / _LOCK_FILE, "a"):
+            pass
+    except OSError as exc:
+        raise startup.unwritable_data_dir(data_dir, exc) from exc
 
 
 def _start_kept(data_dir: Path, timeout: float) -> tuple[subprocess.Popen[bytes], RunningServer]:

@@ -12,10 +12,11 @@
      ├── UnsupportedMediaType    415
      ├── TooManyRequests         429
      ├── DatabaseUnavailable     503
-     └── ConfigError               (a bad configuration; the CLI exits)
+     └── ConfigError               (a setting keeps jobdeck from starting; the CLI exits 2)
 
 The HTTP layer renders ``status`` and ``str(error)`` as the error envelope;
-the command line prints the message and exits non-zero.
+the command line prints the message and exits 1, or 2 for a ``ConfigError``
+(one line naming the setting, see ``core.startup``).
 """
 from __future__ import annotations
 
@@ -99,6 +100,6 @@ class DatabaseUnavailable(JobdeckError):
 
 
 class ConfigError(JobdeckError):
-    """Raised when the configuration file or environment holds a bad value."""
+    """Raised when a setting keeps jobdeck from starting: a bad file or value, a taken port, an unreachable database."""
 
     status = 500

@@ -11,7 +11,7 @@ from tornado.netutil import bind_sockets
 from tornado.log import access_log
 from tornado.web import Application, RequestHandler
 
-from core import counts
+from core import counts, startup
 from core.audit import RecordedInserts
 from core.auth import Authenticator, load_secret
 from core.cache import Cache
@@ -27,7 +27,7 @@ from handlers.services import Services
 from handlers.system import (HealthHandler, LoginHandler, LogoutHandler, MetricsHandler, OpenAPIHandler,
                              WhoamiHandler)
 
-__all__ = ["PREFIXES", "ROUTES", "Services", "make_app", "Server"]
+__all__ = ["PREFIXES", "ROUTES", "Services", "make_app", "listen", "Server"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,19 @@ def _log_request(handler: RequestHandler) -> None:
                        1000.0 * handler.request.request_time(), f": {error}" if error else "")
 
 
+def listen(config: Config) -> list[socket.socket]:
+    """Sockets bound and listening on ``config.host:config.port``, for ``Server.start``.
+
+    Raises ``ConfigError`` naming ``port`` or ``host`` when the port is taken
+    or the host is not an address of this machine (``core.startup``).
+    """
+    try:
+        return bind_sockets(config.port, config.host,
+                            family=socket.AF_INET if config.host.count(".") == 3 else socket.AF_UNSPEC)
+    except OSError as exc:
+        raise startup.cannot_listen(config.host, config.port, exc) from exc
+
+
 class Server:
     """The HTTP server of one process: ``await start()``, then ``await stop()``."""
 
@@ -121,7 +134,11 @@ class Server:
         self.port: int | None = None
 
     async def start(self) -> None:
-        """Listen on ``config.host:config.port`` (port 0 picks a free one, see ``self.port``)."""
+        """Listen on ``config.host:config.port`` (port 0 picks a free one, see ``self.port``).
+
+        Binds first, so that a taken port (``ConfigError``, see ``listen``) leaves nothing started.
+        """
+        sockets = listen(self.config)
         if self.auth is None:
             self.auth = Authenticator(self.db, await load_secret(self.db),
                                       token_seconds=self.config.token_hours * 3600, user_cache=self.user_cache)
@@ -138,8 +155,6 @@ class Server:
         # 413 at max_body_size, so theirs must be higher.
         self.http = HTTPServer(make_app(services, self.routes), ssl_options=ssl_options,
                                max_body_size=max(self.config.max_body_size * 4, 16 * 1024 * 1024))
-        sockets = bind_sockets(self.config.port, self.config.host, family=socket.AF_INET
-                               if self.config.host.count(".") == 3 else socket.AF_UNSPEC)
         self.http.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
 

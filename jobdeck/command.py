@@ -1,10 +1,20 @@
-"""The ``jobdeck`` command group and what its commands share: ``--config``, error reporting, the database runner."""
+"""The ``jobdeck`` command group and what its commands share: ``--config``, error reporting, the database runner.
+
+Errors are reported in one place, ``_Group.invoke``: a ``JobdeckError`` as
+``Error: <message>`` with exit code 1, a start-up error (``ConfigError``:
+a bad config file or value, a taken port, an unwritable data_dir, a
+database that does not answer; see ``core.startup``) as one line
+``jobdeck: <message>`` with exit code 2. ``jobdeck --debug`` or log level
+DEBUG prints the traceback first.
+"""
 from __future__ import annotations
 
 import asyncio
 import getpass
 import logging
+import os
 import sys
+import traceback
 from typing import Any, Awaitable, Callable, TypeVar
 
 import click
@@ -14,12 +24,13 @@ from core import config as configuration
 from core.config import Config
 from core.db import Database
 from core.embedded import database_url, starting_note
-from core.errors import JobdeckError
+from core.errors import ConfigError, JobdeckError
 
 __all__ = ["cli", "config_option", "load_config", "run_with_database", "actor", "setup_logging"]
 
 T = TypeVar("T")
 _CONFIG_KEY = "jobdeck.config"
+_DEBUG_KEY = "jobdeck.debug"
 
 
 def _remember_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -39,7 +50,10 @@ def config_option(command: Callable[..., Any]) -> Callable[..., Any]:
 def load_config() -> Config:
     """The configuration named by ``--config`` (or found the usual way), validated."""
     ctx = click.get_current_context()
-    return configuration.load(ctx.find_root().meta.get(_CONFIG_KEY))
+    config = configuration.load(ctx.find_root().meta.get(_CONFIG_KEY))
+    if config.log_level == "DEBUG":
+        ctx.find_root().meta[_DEBUG_KEY] = True
+    return config
 
 
 def setup_logging(config: Config) -> None:
@@ -78,21 +92,47 @@ def run_with_database(config: Config, work: Callable[[Database], Awaitable[T]]) 
         return asyncio.run(main())
 
 
+class _StartupFailure(click.ClickException):
+    """A start-up error: ``jobdeck: <message>`` on stderr, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"jobdeck: {self.message}", err=True)
+
+
 class _Group(click.Group):
-    """Turns jobdeck's errors into a one-line message and a non-zero exit."""
+    """Turns jobdeck's errors into a one-line message and a non-zero exit (the traceback only when debugging)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except ConfigError as exc:
+            # One line, whatever the message holds: a service manager's log shows it whole.
+            raise self._failure(ctx, _StartupFailure(" ".join(str(exc).splitlines()))) from None
         except JobdeckError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise self._failure(ctx, click.ClickException(str(exc))) from None
         except ConnectionFailure as exc:
-            raise click.ClickException(f"the database is unavailable: {exc}") from None
+            raise self._failure(ctx, click.ClickException(f"the database is unavailable: {exc}")) from None
         except PyMongoError as exc:
-            raise click.ClickException(f"database error: {exc}") from None
+            raise self._failure(ctx, click.ClickException(f"database error: {exc}")) from None
+
+    @staticmethod
+    def _failure(ctx: click.Context, failure: click.ClickException) -> click.ClickException:
+        """``failure``, after printing the traceback being handled if debugging."""
+        if ctx.meta.get(_DEBUG_KEY) or os.environ.get(configuration.ENV_PREFIX + "LOG_LEVEL", "").upper() == "DEBUG":
+            traceback.print_exc()
+        return failure
+
+
+def _remember_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_root().meta[_DEBUG_KEY] = True
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_remember_debug,
+              help="On an error, print its Python traceback too (as log level DEBUG does).")
 @config_option
 @click.version_option(package_name="jobdeck")
 def cli() -> None:

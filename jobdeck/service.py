@@ -16,8 +16,9 @@ from core.db import Database
 from core.embedded import database_url, shared_server, starting_note
 from core.errors import BadArgument, DatabaseUnavailable
 from core.scheduler import Scheduler
+from core.startup import redact_url
 from core.worker import Worker
-from handlers.app import Server
+from handlers.app import Server, listen
 from jobdeck.command import cli, config_option, load_config, setup_logging
 
 __all__ = ["up", "serve", "worker", "db"]
@@ -65,7 +66,7 @@ async def _run(config: Config, url: str, *, http: bool, slots: int | None) -> No
                             fg="yellow", err=True)
             server = Server(config, db, job_import_errors=classes.import_errors)
             await server.start()
-            click.echo(f"jobdeck serving {server.url} (database {config.database} at {url})", err=True)
+            click.echo(f"jobdeck serving {server.url} (database {config.database} at {redact_url(url)})", err=True)
             click.echo(f"dashboard: {server.dashboard_url} (API docs: {server.dashboard_url}docs)", err=True)
             # Every server runs one; the holder of the scheduler lease enqueues the schedules' ticks.
             scheduler = Scheduler(db, lease_seconds=config.scheduler_lease_seconds)
@@ -111,6 +112,11 @@ async def _retried(what: str, write: Callable[[], Awaitable[Any]], seconds: floa
 def _main(http: bool, slots: Callable[[Config], int | None], changes: dict[str, Any] | None = None) -> None:
     config = dataclasses.replace(load_config(), **(changes or {}))
     setup_logging(config)
+    if http:
+        # A taken port fails here, before the database starts; Server.start binds again (and
+        # fails the same way should another program take the port in between).
+        for sock in listen(config):
+            sock.close()
     with database_url(config, announce=lambda data_dir: click.echo(
             starting_note(data_dir, temporary=False), err=True)) as url:
         asyncio.run(_run(config, url, http=http, slots=slots(config)))
