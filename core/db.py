@@ -73,10 +73,11 @@ _INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("at", DESCENDING)], name="at"),
         IndexModel([("target", ASCENDING), ("at", DESCENDING)], name="target"),
         # Reading the trail (core.audit.listing), newest first: keyset windows on ``at`` alone or after one
-        # filter's value, and the ties of one ``at`` by ``_id``.
+        # filter's value, the ties of one ``at`` by ``_id``, and numbered pages in order.
         IndexModel([("at", DESCENDING), ("_id", DESCENDING)], name="at_id"),
-        IndexModel([("actor", ASCENDING), ("at", DESCENDING)], name="actor"),
-        IndexModel([("action", ASCENDING), ("at", DESCENDING)], name="action"),
+        IndexModel([("actor", ASCENDING), ("at", DESCENDING), ("_id", DESCENDING)], name="actor_at_id"),
+        IndexModel([("action", ASCENDING), ("at", DESCENDING), ("_id", DESCENDING)], name="action_at_id"),
+        IndexModel([("target", ASCENDING), ("at", DESCENDING), ("_id", DESCENDING)], name="target_at_id"),
         # Deletes an entry at its ``expires`` date (failed logins); entries without one stay.
         IndexModel([("expires", ASCENDING)], name="expires", expireAfterSeconds=0),
     ],

@@ -295,6 +295,14 @@ async def test_metrics_are_for_admins_only(clients, team_db):
     assert error(refused) == "user 'reader' is not an admin"
 
 
+async def test_the_audit_trail_is_for_admins_only(clients, team_db):
+    await killed(team_db)
+    assert await statuses(clients, "GET", "/audit") == ADMIN_ONLY
+    assert [entry["action"] for entry in (await clients["admin"].get("/audit")).json()["data"][:2]] == [
+        "job.kill", "job.enqueue"]
+    assert error(await clients["executor"].get("/audit")) == "user 'executor' is not an admin"
+
+
 # -------------------------------------------------------------- anonymous callers
 
 JOB = "5f6252b42e84fa29038a3e3f"
@@ -329,6 +337,7 @@ ANONYMOUS = {  # a request per route pattern; each must be refused before it is 
     r"/schedule/([^/]+)/resume": ("PUT", "/schedule/any/resume"),
     r"/user": ("POST", "/user"),
     r"/user/([^/]+)": ("DELETE", "/user/admin"),
+    r"/audit": ("GET", "/audit"),
 }
 PUBLIC = {r"/health", r"/login", r"/logout"}
 
