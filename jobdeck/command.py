@@ -1,11 +1,10 @@
 """The ``jobdeck`` command group and what its commands share: ``--config``, error reporting, the database runner.
 
-Errors are reported in one place, ``_Group.invoke``: a ``JobdeckError`` as
-``Error: <message>`` with exit code 1, a start-up error (``ConfigError``:
-a bad config file or value, a taken port, an unwritable data_dir, a
-database that does not answer; see ``core.startup``) as one line
-``jobdeck: <message>`` with exit code 2. ``jobdeck --debug`` or log level
-DEBUG prints the traceback first.
+Errors are reported in one place, ``_Group.invoke``: one line ``Error:
+<message>`` on stderr, and exit code 1, or 2 for a start-up error
+(``ConfigError``: a bad config file or value, a taken port, an unwritable
+data_dir, a database that does not answer; see ``core.startup``).
+``jobdeck --debug`` or log level DEBUG prints the traceback first.
 """
 from __future__ import annotations
 
@@ -93,12 +92,9 @@ def run_with_database(config: Config, work: Callable[[Database], Awaitable[T]]) 
 
 
 class _StartupFailure(click.ClickException):
-    """A start-up error: ``jobdeck: <message>`` on stderr, exit code 2."""
+    """A start-up error: exit code 2."""
 
     exit_code = 2
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"jobdeck: {self.message}", err=True)
 
 
 class _Group(click.Group):

@@ -82,6 +82,8 @@ NOT_RUNNABLE = {
     "no embedded database runs for data_dir /home/ops/var": "a message whose second sentence depends on which other "
                                                            "embedded databases run on the machine; "
                                                            "tests/test_embedded.py checks it",
+    "port 5001 on 127.0.0.1 is already in use": "needs another program on the port jobdeck up would take; "
+                                                "tests/test_startup_errors.py holds one and checks the message",
 }
 
 #: Output lines (and events, by their data line) the README shows that a run may leave out, and why.

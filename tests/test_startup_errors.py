@@ -31,7 +31,7 @@ def one_line(done: subprocess.CompletedProcess[str], *names: str) -> str:
     assert done.returncode == 2, f"exit {done.returncode}\n{done.stdout}{done.stderr}"
     assert "Traceback" not in done.stderr, done.stderr
     lines = done.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("jobdeck: "), done.stderr
+    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
     for name in names:
         assert name in lines[0], (name, lines[0])
     assert done.stdout == ""
@@ -89,14 +89,14 @@ def test_debug_flag_adds_the_traceback(taken_port: int, tmp_path: Path) -> None:
     assert "Traceback (most recent call last)" in done.stderr
     assert "OSError: [Errno 98] Address already in use" in done.stderr
     # The same one line still comes last.
-    assert done.stderr.splitlines()[-1].startswith(f"jobdeck: port {taken_port} on 127.0.0.1 is already in use")
+    assert done.stderr.splitlines()[-1].startswith(f"Error: port {taken_port} on 127.0.0.1 is already in use")
 
 
 def test_log_level_debug_adds_the_traceback(tmp_path: Path) -> None:
     done = run(["user", "list", "--config", str(tmp_path / "missing.toml")], tmp_path, JOBDECK_LOG_LEVEL="debug")
     assert done.returncode == 2
     assert "Traceback (most recent call last)" in done.stderr
-    assert done.stderr.splitlines()[-1].startswith(f"jobdeck: configuration file {tmp_path / 'missing.toml'}")
+    assert done.stderr.splitlines()[-1].startswith(f"Error: configuration file {tmp_path / 'missing.toml'}")
 
 
 def test_host_not_of_this_machine_is_one_line_naming_host(tmp_path: Path) -> None:
