@@ -16,9 +16,10 @@ credentials or a token (bearer header or login cookie):
   changed password (which also revokes tokens) or a revoked permission thus
   takes effect everywhere within that bound. Without one, every check reads
   the user;
-- tokens are signed (HMAC-SHA256) with a secret kept in the database, so every
-  server process accepts them, and carry the user's ``password_set`` time, so
-  a password change revokes them.
+- tokens (login sessions and API tokens, ``core.tokens``) are documents of
+  the ``token`` collection, read through a ``token_cache`` when there is one
+  (the server's; a revoked token is refused by every process within
+  milliseconds), else read for every check.
 
 The throttle guesses against passwords, and cannot be turned against their owner:
 
@@ -49,44 +50,33 @@ The throttle guesses against passwords, and cannot be turned against their owner
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import hmac
 import ipaddress
-import json
+import logging
 import math
 import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Hashable, Iterator
 
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import PyMongoError
 
-from core import audit, users
+from core import audit, tokens, users
 from core.errors import TooManyRequests, Unauthorized
 
 if TYPE_CHECKING:
     from core.cache import Cache
     from core.db import Database
 
-__all__ = ["Authenticator", "Throttle", "load_secret", "MAX_NAME"]
+__all__ = ["Authenticator", "Throttle", "MAX_NAME"]
 
-_SECRET_ID = "token_secret"
+log = logging.getLogger(__name__)
 
 #: User names in throttle keys are cut to this many characters (valid names have at most 64).
 MAX_NAME = 100
-
-
-async def load_secret(db: Database) -> bytes:
-    """The token-signing secret shared by all processes, created on first use."""
-    try:
-        await db.settings.insert_one({"_id": _SECRET_ID, "value": secrets.token_bytes(32)})
-    except DuplicateKeyError:
-        pass
-    doc = await db.settings.find_one({"_id": _SECRET_ID})
-    return bytes(doc["value"])
 
 
 @dataclass
@@ -231,16 +221,16 @@ def _pair(name: str, address: str) -> tuple[str, str]:
 class Authenticator:
     """Turns credentials into a user document, or raises ``Unauthorized``/``TooManyRequests``."""
 
-    def __init__(self, db: Database, secret: bytes, *, token_seconds: float = 12 * 3600,
+    def __init__(self, db: Database, *, token_seconds: float = 12 * 3600,
                  cache_seconds: float = 60.0, cache_size: int = 10_000,
                  throttle: Throttle | None = None,
                  keep_failed_logins: timedelta = timedelta(days=30),
-                 user_cache: Cache | None = None,
+                 user_cache: Cache | None = None, token_cache: Cache | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
         self.db = db
         self.user_cache = user_cache
-        self.secret = secret
+        self.token_cache = token_cache
         self.token_seconds = token_seconds
         self.cache_seconds = cache_seconds
         self.cache_size = cache_size
@@ -381,47 +371,32 @@ class Authenticator:
 
     # -- tokens ----------------------------------------------------------
 
-    def issue_token(self, user: dict[str, Any]) -> tuple[str, float]:
-        """A signed token for ``user`` and its expiry (Unix time)."""
-        expires = time.time() + self.token_seconds
-        payload = {"u": user["name"], "e": int(expires), "p": _stamp(user)}
-        body = _b64(json.dumps(payload, separators=(",", ":")).encode())
-        return f"{body}.{self._sign(body.encode()).decode()}", expires
-
-    def _sign(self, body: bytes) -> bytes:
-        return _b64(hmac.digest(self.secret, body, "sha256")).encode()
+    async def issue_token(self, user: dict[str, Any], *, address: str | None = None,
+                          agent: str | None = None) -> tuple[str, datetime]:
+        """A login session for ``user`` (``core.tokens``): its token and when it expires."""
+        token, doc = await tokens.start_session(self.db, user, hours=self.token_seconds / 3600,
+                                                address=address, agent=agent)
+        return token, doc["expires"]
 
     async def token(self, token: str) -> dict[str, Any]:
-        """The active user a token was issued to; raises ``Unauthorized`` if it is not valid now.
+        """The active user a login session or API token belongs to (for a read-only token, its
+        read-only view); raises ``Unauthorized`` if it is not valid now.
 
-        Neither throttled nor audited, and cheap (one lookup, or none from the
-        user cache): also the way to check again the token of a long-lived request.
+        Neither throttled nor audited, and cheap (two lookups by key, or none
+        from the caches): also the way to check again the token of a long-lived request.
         """
-        try:
-            raw = token.encode("ascii")  # compare_digest refuses non-ASCII str
-        except UnicodeEncodeError:
-            raise Unauthorized("invalid token") from None
-        body, _, signature = raw.partition(b".")
-        if not signature or not hmac.compare_digest(signature, self._sign(body)):
+        parsed = tokens.parse(token)
+        if parsed is None:
             raise Unauthorized("invalid token")
+        token_id, secret = parsed
+        if self.token_cache is None:
+            doc = await self.db.token.find_one({"_id": token_id})
+        else:
+            doc = await self.token_cache.get(token_id, lambda: self.db.token.find_one({"_id": token_id}))
+        user = None if doc is None else await self._find(doc["user"])
+        tokens.check(doc, secret, user)
         try:
-            payload = json.loads(base64.urlsafe_b64decode(body + b"=" * (-len(body) % 4)))
-            name, expires, stamp = payload["u"], payload["e"], payload["p"]
-        except (ValueError, KeyError, TypeError):
-            raise Unauthorized("invalid token") from None
-        if time.time() > expires:
-            raise Unauthorized("token expired; log in again")
-        user = await self._find(name)
-        if user is None:
-            raise Unauthorized("invalid token: the user no longer exists")
-        if _stamp(user) != stamp:
-            raise Unauthorized("token revoked by a password change; log in again")
-        return self._require_active(user)
-
-
-def _stamp(user: dict[str, Any]) -> int:
-    return int(user["password_set"].timestamp() * 1000)
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+            await tokens.touch(self.db, doc)
+        except PyMongoError as exc:  # when it was last used is not worth failing the request for
+            log.debug("could not note the use of token %s: %s", token_id, exc)
+        return tokens.view(user, doc)

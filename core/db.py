@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 MAX_SESSIONS = 32
 
 COLLECTIONS = ("queue", "journal", "log", "registry", "user", "worker", "audit", "settings", "counts", "count_changes",
-               "enqueue_keys", "slots", "schedules")
+               "enqueue_keys", "slots", "schedules", "token")
 LOG_TTL_INDEX = "log_ttl"
 #: Deletes audit entries ``audit_retention_days`` after their ``at`` (none while that is 0).
 AUDIT_TTL_INDEX = "audit_ttl"
@@ -89,6 +89,10 @@ _INDEXES: dict[str, list[IndexModel]] = {
                   IndexModel([("qual_name", ASCENDING)], name="qual_name")],
     # The classes with a schedule attribute (core.schedules.sync_classes).
     "registry": [IndexModel([("schedule", ASCENDING)], name="schedule", sparse=True)],
+    # Login sessions and API tokens (core.tokens): a user's of one kind, oldest first; each deleted at its
+    # ``expires`` date (API tokens without one stay).
+    "token": [IndexModel([("kind", ASCENDING), ("user", ASCENDING), ("created", ASCENDING)], name="kind_user"),
+              IndexModel([("expires", ASCENDING)], name="expires", expireAfterSeconds=0)],
     # Idempotency keys (core.queue.enqueue_once): each is deleted at its ``expires`` date.
     "enqueue_keys": [IndexModel([("expires", ASCENDING)], name="expires", expireAfterSeconds=0)],
 }
@@ -110,6 +114,7 @@ class Database:
     enqueue_keys: AsyncCollection
     slots: AsyncCollection
     schedules: AsyncCollection
+    token: AsyncCollection
 
     def __init__(self, client: AsyncMongoClient, name: str) -> None:
         self.client = client

@@ -63,7 +63,7 @@ RESYNC = ("resync", None)
 
 _COLLECTIONS = ("queue", "journal", "log")
 #: Collections cached by ``core.cache``: every change of theirs counts, deletes and drops too.
-_CACHED = ("user", "registry")
+_CACHED = ("user", "registry", "token")
 _PIPELINE = [{"$match": {"$or": [
     {"ns.coll": {"$in": list(_COLLECTIONS)}, "operationType": {"$in": ["insert", "update", "replace"]}},
     {"ns.coll": "queue", "operationType": "delete"},  # for observers: a job that left the queue

@@ -7,7 +7,8 @@ A user document::
 
 ``version`` grows with every change, which is how caches of verified
 credentials in every server process notice that a user changed.
-``password_set`` changes with the password and invalidates issued tokens.
+A password change, a disable and a removal end every login session and API
+token of the user (``core.tokens.revoke_user``).
 Every change is written to ``audit``, and dropped from this process's caches
 of user documents at once (``Database.changed``; other processes' hubs hear
 of it from their change stream). Hashing runs off the event loop.
@@ -30,7 +31,7 @@ from passlib.context import CryptContext
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from core import audit
+from core import audit, tokens
 from core.blocking import run_blocking
 from core.encoding import is_utf8
 from core.errors import BadArgument, Conflict, NotFound
@@ -157,12 +158,13 @@ async def _update(db: Database, name: str, change: dict[str, Any]) -> dict[str, 
 
 async def set_password(db: Database, name: str, password: str, *, actor: str | None = None,
                        by: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Replace a user's password; tokens issued before stop working."""
+    """Replace a user's password; its sessions and API tokens end."""
     actor = _acting(by, actor)
     _check_password(password)
     await get(db, name)
     hashed = await run_blocking(PASSWORDS.hash, password)
     user = await _update(db, name, {"password": hashed, "password_set": _now()})
+    await tokens.revoke_user(db, name)
     await audit.record(db, "user.passwd", actor=actor, target=name)
     return public(user)
 
@@ -212,7 +214,7 @@ async def change_access(db: Database, name: str, *, grant: Iterable[str] = (),
 
 async def set_active(db: Database, name: str, active: bool, *, actor: str | None = None,
                      by: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Enable or disable a user; a disabled user cannot log in or use a token.
+    """Enable or disable a user; a disabled user cannot log in, and its sessions and API tokens end.
 
     Raises ``Conflict`` when disabling the last active admin.
     """
@@ -220,6 +222,8 @@ async def set_active(db: Database, name: str, active: bool, *, actor: str | None
     if not active:
         await _require_other_admin(db, name, "disable")
     user = await _update(db, name, {"active": bool(active)})
+    if not active:
+        await tokens.revoke_user(db, name)
     await audit.record(db, "user.enable" if active else "user.disable", actor=actor, target=name)
     return public(user)
 
@@ -262,6 +266,7 @@ async def remove(db: Database, name: str, *, actor: str | None = None,
     if removed is None:
         raise NotFound(f"no user {name!r}")
     db.changed("user", removed["_id"])
+    await tokens.revoke_user(db, name)
     await audit.record(db, "user.remove", actor=actor, target=name)
 
 

@@ -13,12 +13,12 @@ from tornado.web import Application, RequestHandler
 
 from core import counts, startup
 from core.audit import RecordedInserts
-from core.auth import Authenticator, load_secret
+from core.auth import Authenticator
 from core.cache import Cache
 from core.config import Config
 from core.db import Database
 from core.hub import Hub
-from handlers import docs, jobs, schedules, users
+from handlers import docs, jobs, schedules, tokens, users
 from handlers.audit import AuditHandler
 from handlers.base import NotFoundHandler
 from handlers.events import EventsHandler
@@ -69,6 +69,10 @@ ROUTES: list[tuple[str, type]] = [
     (r"/audit", AuditHandler),
     (r"/user", users.UsersHandler),
     (r"/user/" + _ID, users.UserHandler),
+    (r"/token", tokens.TokensHandler),
+    (r"/token/" + _ID, tokens.TokenHandler),
+    (r"/session", tokens.SessionsHandler),
+    (r"/session/" + _ID, tokens.SessionHandler),
 ]
 
 
@@ -125,6 +129,7 @@ class Server:
         #: What every request reads, kept fresh by the hub (see ``core.cache``).
         self.user_cache = Cache(db, "user", hub=self.hub)
         self.registry_cache = Cache(db, "registry", hub=self.hub)
+        self.token_cache = Cache(db, "token", hub=self.hub)
         #: Enqueues arriving together are written together (see ``core.audit``).
         self.job_inserts = RecordedInserts(db, db.queue, also=counts.inserts(db))
         #: Folds the job counts' changes (so does every worker; see ``core.counts``).
@@ -140,8 +145,8 @@ class Server:
         """
         sockets = listen(self.config)
         if self.auth is None:
-            self.auth = Authenticator(self.db, await load_secret(self.db),
-                                      token_seconds=self.config.token_hours * 3600, user_cache=self.user_cache)
+            self.auth = Authenticator(self.db, token_seconds=self.config.token_hours * 3600,
+                                      user_cache=self.user_cache, token_cache=self.token_cache)
         await self.hub.start()
         self.folder.start()
         self.services = services = Services(self.config, self.db, self.auth, self.hub, keepalive=self.keepalive,
@@ -180,3 +185,4 @@ class Server:
         await self.folder.stop()
         self.user_cache.close()
         self.registry_cache.close()
+        self.token_cache.close()

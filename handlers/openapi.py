@@ -261,9 +261,29 @@ _SCHEMAS: dict[str, Any] = {
         "name": {"type": "string"}, "roles": _STRINGS, "perms": _STRINGS,
         "active": {"type": ["boolean", "null"]}, "created": _NULLABLE_TIME, "updated": _NULLABLE_TIME,
         "admin": {"type": "boolean"}}},
-    "Token": {"type": "object", "required": ["name", "expires"], "properties": {
+    "Token": {"type": "object", "required": ["name", "expires"], "description": "a login session", "properties": {
         "name": {"type": "string"}, "expires": _ref("Time"),
+        "_id": {**_ref("TokenId"), "description": "the session's id (GET /session, DELETE /session/{id})"},
         "token": {"type": "string", "description": "left out with cookie_only"}}},
+    "TokenId": {"type": "string", "pattern": "^[0-9a-f]{24}$", "description": "an API token's or session's id"},
+    "ApiToken": {"type": "object", "required": ["_id", "name", "read_only", "expires"],
+                 "description": "an API token: never its secret", "properties": {
+        "_id": _ref("TokenId"), "kind": {"enum": ["api"]}, "user": {"type": "string"}, "name": {"type": "string"},
+        "read_only": {"type": "boolean"}, "created": _ref("Time"), "last_used": _NULLABLE_TIME,
+        "expires": {**_NULLABLE_TIME, "description": "null: until revoked"}}},
+    "NewApiToken": {"type": "object", "required": ["_id", "name", "token", "read_only", "expires"], "properties": {
+        "_id": _ref("TokenId"), "name": {"type": "string"}, "read_only": {"type": "boolean"},
+        "token": {"type": "string", "pattern": "^jd_[0-9a-f]{24}_[A-Za-z0-9_-]{43}$",
+                  "description": "the secret: shown only in this reply"},
+        "created": _ref("Time"), "expires": {**_NULLABLE_TIME, "description": "null: until revoked"}}},
+    "Session": {"type": "object", "required": ["_id", "created", "expires"], "description": "a login session",
+                "properties": {
+        "_id": _ref("TokenId"), "kind": {"enum": ["session"]}, "user": {"type": "string"},
+        "created": _ref("Time"), "last_used": _NULLABLE_TIME, "expires": _ref("Time"),
+        "address": {"type": ["string", "null"], "description": "the client's address at login"},
+        "agent": {"type": ["string", "null"], "description": "its User-Agent at login"},
+        "current": {"type": "boolean", "description": "the session this request authenticated with"},
+        "name": {"type": "null"}, "read_only": {"type": "boolean"}}},
     "Health": {"type": "object", "required": ["database"], "properties": {
         "database": {"type": "string"}, "ping_ms": {"type": "number"}, "uptime": {"type": "number"},
         "job_import_errors": {"type": "array", "items": _ref("ImportError"),

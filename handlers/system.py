@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 
-from core import users
+from core import tokens, users
 from core.errors import BadArgument
 from core.permissions import is_admin
 from handlers.base import COOKIE, BaseHandler
@@ -71,22 +70,38 @@ class LoginHandler(BaseHandler):
             if not name or password is None:
                 raise BadArgument("send Basic credentials, or 'username' and 'password'")
         user = await auth.password(name, password, address=self.client_ip)
-        token, expires = auth.issue_token(user)
+        token, expires = await auth.issue_token(user, address=self.client_ip,
+                                                agent=self.request.headers.get("User-Agent"))
         self.set_cookie(COOKIE, token, path="/", httponly=True, samesite="Lax",
-                        secure=self.client_protocol == "https",
-                        expires=datetime.fromtimestamp(expires, timezone.utc))
-        reply = {"name": user["name"], "expires": datetime.fromtimestamp(expires, timezone.utc)}
+                        secure=self.client_protocol == "https", expires=expires)
+        reply = {"name": user["name"], "_id": tokens.parse(token)[0], "expires": expires}
         self.reply(reply if cookie_only else {**reply, "token": token})
 
 
 class LogoutHandler(BaseHandler):
-    """``POST /logout``: clear the login cookie (the token itself stays valid until it expires)."""
+    """``POST /logout``: end the session (or API token) the request carries, and clear the login cookie.
+
+    Without authentication: a request that carries no token, or one no longer
+    valid, only clears the cookie. The token sent as ``Authorization: Bearer``
+    ends, and so does the cookie's (a foreign page's request is refused, as
+    every unsafe one).
+    """
 
     auth_required = False
     accepts_form = True
-    api = {"post": Op("Clear the login cookie", reply="Nothing", errors=(403, 415), auth=False, tags=_SERVICE)}
+    api = {"post": Op("Log out: end the login session (or API token) this request carries, and clear the "
+                      "login cookie", reply="Nothing", errors=(403, 415), auth=False, tags=_SERVICE,
+                      description="The token is refused at once by every server. Audited as logout.")}
 
-    def post(self) -> None:
+    async def post(self) -> None:
+        ended = []
+        header = self.request.headers.get("Authorization", "")
+        if header[:7].lower() == "bearer ":
+            ended.append(header[7:].strip())
+        if cookie := self.get_cookie(COOKIE):
+            ended.append(cookie)  # a foreign page's request was refused already (prepare)
+        for token in ended:
+            await tokens.end(self.services.db, token)
         self.clear_cookie(COOKIE, path="/")
         self.reply(None)
 

@@ -53,6 +53,12 @@ async def db(config: Config) -> AsyncIterator[Database]:
     database = Database.connect(config.mongo_url, config.database)
     await database.setup(log_retention_days=config.log_retention_days)
     yield database
+    # A worker process the test SIGKILLed in a transaction left it open, its locks held for the
+    # server's transaction lifetime (60 s): dropping the database would wait for them.
+    sessions = [lsid async for worker in database.worker.find({}, {"sessions": 1})
+                for lsid in worker.get("sessions") or ()]
+    if sessions:
+        await database.kill_sessions(sessions)
     await database.client.drop_database(config.database)
     await database.close()
 
@@ -102,12 +108,28 @@ async def team_clients(server: Server, team: dict[str, dict[str, Any]]
     opened: dict[str | None, httpx.AsyncClient] = {None: httpx.AsyncClient(base_url=server.url, timeout=30,
                                                                             verify=verify)}
     for name, user in team.items():
-        token, _ = server.auth.issue_token(user)
+        token, _ = await server.auth.issue_token(user)
         opened[name] = httpx.AsyncClient(base_url=server.url, timeout=30, verify=verify,
                                          headers={"Authorization": f"Bearer {token}"})
     yield opened
     for http in opened.values():
         await http.aclose()
+
+
+class SessionAuth(httpx.Auth):
+    """httpx auth by a login session of ``user`` on ``server``, started at the first request
+    (what ``POST /login`` hands out, without its argon2 verification)."""
+
+    def __init__(self, server: Server, user: dict[str, Any]) -> None:
+        self.server = server
+        self.user = user
+        self.token: str | None = None
+
+    async def async_auth_flow(self, request: httpx.Request) -> Any:
+        if self.token is None:
+            self.token, _ = await self.server.auth.issue_token(self.user)
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        yield request
 
 
 @pytest.fixture

@@ -145,7 +145,7 @@ async def test_cookie_stops_working_after_password_change(client, db, admin):
     await client.post("/login", auth=("admin", "hans"))
     await users.set_password(db, "admin", "new", actor="test")
     reply = await client.get("/whoami")
-    assert "password change" in assert_envelope(reply, 401)["error"]
+    assert "password change" in assert_envelope(reply, 401)["error"]  # one of the reasons it names
 
 
 async def test_logout_clears_the_cookie(client, admin):
@@ -184,7 +184,7 @@ async def test_unknown_method_is_405_envelope(client, admin):
 
 async def test_database_down_makes_health_503_and_keeps_the_driver_s_details_in_the_log(caplog):
     dead = Database.connect("mongodb://127.0.0.1:9/?directConnection=true", "x", timeout=0.5)
-    server = Server(Config(port=0), dead, auth=Authenticator(dead, b"k" * 32))
+    server = Server(Config(port=0), dead, auth=Authenticator(dead))
     await server.start()
     try:
         async with httpx.AsyncClient() as http:

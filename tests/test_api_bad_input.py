@@ -195,6 +195,19 @@ CASES: list[Case] = [
     case(r"/user/([^/]+)", "PUT", "/user/admin", 400, "nothing to change", json={}),
     case(r"/user/([^/]+)", "GET", "/user/nobody", 404, "no user 'nobody'"),
     case(r"/user/([^/]+)", "DELETE", "/user/admin", 409, "it is the last active admin"),
+    # -- API tokens and sessions (audited: a refused one writes no entry, makes no token)
+    case("/token", "POST", "/token", 400, "bad token name ''", json={"name": ""}),
+    case("/token", "POST", "/token", 400, "expires_in_days must be a whole number of days from 1 to 3650",
+         json={"name": "n", "expires_in_days": 0}),
+    case("/token", "POST", "/token", 400, "argument 'read_only': expected", json={"name": "n", "read_only": "x"}),
+    case("/token", "POST", "/token", 400, "argument 'name' is required", json={}),
+    case("/token", "PUT", "/token", 405, "method PUT is not allowed"),
+    case(r"/token/([^/]+)", "DELETE", "/token/nothex", 404, "no token 'nothex'"),
+    case(r"/token/([^/]+)", "DELETE", f"/token/{UNKNOWN}", 404, f"no token '{UNKNOWN}'"),
+    case(r"/token/([^/]+)", "GET", f"/token/{UNKNOWN}", 405, "method GET is not allowed"),
+    case("/session", "GET", "/session", 400, "bad user name 'no body'", params={"user": "no body"}),
+    case("/session", "POST", "/session", 405, "method POST is not allowed"),
+    case(r"/session/([^/]+)", "DELETE", f"/session/{UNKNOWN}", 404, f"no session '{UNKNOWN}'"),
     # -- the audit trail
     case("/audit", "GET", "/audit", 400, "since: expected an ISO 8601 time", params={"since": "yesterday"}),
     case("/audit", "GET", "/audit", 400, "until: expected an ISO 8601 time", params={"until": "2026-02-30"}),
@@ -300,7 +313,7 @@ async def snapshot(db: Database) -> tuple[Any, ...]:
     """What a refused request must not change."""
     return (await db.queue.find({}, {"_id": 1, "state": 1, "version": 1}).sort("_id", 1).to_list(),
             await db.journal.find({}, {"_id": 1, "state": 1, "version": 1}).sort("_id", 1).to_list(),
-            await db.audit.count_documents({}))
+            await db.audit.count_documents({}), await db.token.count_documents({}))
 
 
 def test_every_route_gets_bad_input_at_least_once():

@@ -87,7 +87,7 @@ async def test_a_unique_job_twice_in_a_batch_is_a_409_and_nothing_is_written(htt
 async def test_a_batch_needs_execute_permission_for_each_class_in_it(server: Server, db: Database,
                                                                      job_classes) -> None:
     await users.add(db, "dummies", "pw-dummies", perms=["job:jobs.example.Dummy*:x"], actor="test")
-    token, _ = server.auth.issue_token(await db.user.find_one({"name": "dummies"}))
+    token, _ = await server.auth.issue_token(await db.user.find_one({"name": "dummies"}))
     async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {token}"}) as http:
         body = error(await http.post("/job/batch", json={"jobs": jobs(2) + jobs(1, FAIL) + jobs(2)}), 403)
         assert body["error"] == "jobs[2]: user 'dummies' may not execute jobs.example.FailJob"

@@ -20,7 +20,7 @@ from httpx_sse import ServerSentEvent, aconnect_sse
 from core import users
 from core.db import Database
 from handlers.app import Server
-from tests.conftest import wait_for
+from tests.conftest import SessionAuth, wait_for
 
 DUMMY = "jobs.example.DummyJob"
 NOOP = "jobs.example.NoopJob"
@@ -42,8 +42,8 @@ async def deck(config, db, team) -> AsyncIterator[Server]:
 
 
 def client(server: Server, user: dict[str, Any] | None = None) -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {server.auth.issue_token(user)[0]}"} if user else {}
-    return httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30)
+    auth = SessionAuth(server, user) if user else None
+    return httpx.AsyncClient(base_url=server.url, auth=auth, timeout=30)
 
 
 @pytest.fixture

@@ -137,7 +137,7 @@ async def two_hour_server(config: Config, db: Database, team) -> AsyncIterator[S
 
 async def test_idempotency_hours_is_how_long_a_key_holds(two_hour_server: Server, team, job_classes,
                                                          db: Database) -> None:
-    token, _ = two_hour_server.auth.issue_token(team["admin"])
+    token, _ = await two_hour_server.auth.issue_token(team["admin"])
     async with httpx.AsyncClient(base_url=two_hour_server.url, timeout=30,
                                  headers={"Authorization": f"Bearer {token}"}) as http:
         data(await enqueue(http, "two-hours"))

@@ -17,7 +17,7 @@ from httpx_sse import aconnect_sse
 
 from core import queue, users
 from handlers.app import Server
-from tests.conftest import wait_for
+from tests.conftest import SessionAuth, wait_for
 
 DUMMY = "jobs.example.DummyJob"
 OPERATOR = queue.operator("operator")
@@ -34,8 +34,8 @@ async def deck(config, db, team, job_classes) -> AsyncIterator[Server]:
 
 
 def client(server: Server, user: dict[str, Any] | None = None, **kwargs: Any) -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {server.auth.issue_token(user)[0]}"} if user else {}
-    return httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30, **kwargs)
+    auth = SessionAuth(server, user) if user else None
+    return httpx.AsyncClient(base_url=server.url, auth=auth, timeout=30, **kwargs)
 
 
 async def sse(source: Any) -> AsyncIterator[Any]:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from bson import ObjectId
 
-from core.auth import Authenticator, load_secret
+from core.auth import Authenticator
 from handlers.app import Server
 from handlers.base import COOKIE
 
@@ -42,7 +42,7 @@ async def start(config, db) -> AsyncIterator[Start]:
         pass
 
     async def start_server(trusted_proxies: list[str], **changes: Any) -> Server:
-        auth = Authenticator(db, await load_secret(db), clock=Frozen(), sleep=sleep)
+        auth = Authenticator(db, clock=Frozen(), sleep=sleep)
         server = Server(dataclasses.replace(config, trusted_proxies=trusted_proxies, **changes), db, auth=auth)
         await server.start()
         started.append(server)
@@ -61,7 +61,7 @@ def from_address(server: Server, address: str, **kwargs: Any) -> httpx.AsyncClie
 
 async def bearer(server: Server, name: str = "admin") -> dict[str, str]:
     """The header of a token of user ``name``, as ``POST /login`` hands out."""
-    token, _ = server.auth.issue_token(await server.db.user.find_one({"name": name}))
+    token, _ = await server.auth.issue_token(await server.db.user.find_one({"name": name}))
     return {"Authorization": f"Bearer {token}"}
 
 

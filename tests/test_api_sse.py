@@ -412,7 +412,7 @@ async def test_two_hundred_followers_of_one_job_all_receive_every_event(
     server = roomy
     job_id = await enqueue(api, sleep=1, loop_time=0.2)
     # A token: 200 first Basic logins at once would look like guessing to the throttle.
-    token, _ = server.auth.issue_token(await db.user.find_one({"name": "admin"}))
+    token, _ = await server.auth.issue_token(await db.user.find_one({"name": "admin"}))
 
     async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60,
                                  limits=httpx.Limits(max_connections=300)) as many:

@@ -7,7 +7,7 @@ from typing import AsyncIterator
 import httpx
 import pytest
 
-from core.auth import Authenticator, load_secret
+from core.auth import Authenticator
 from handlers.app import Server
 
 
@@ -28,7 +28,7 @@ async def frozen_server(config, db, delays) -> AsyncIterator[Server]:
     async def sleep(seconds: float) -> None:
         delays.append(seconds)
 
-    http = Server(config, db, auth=Authenticator(db, await load_secret(db), clock=Frozen(), sleep=sleep))
+    http = Server(config, db, auth=Authenticator(db, clock=Frozen(), sleep=sleep))
     await http.start()
     yield http
     await http.stop()

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
+from bson import ObjectId
 
 from core import audit, users
-from core.auth import MAX_NAME, Authenticator, Throttle, load_secret
+from core.auth import MAX_NAME, Authenticator, Throttle
 from core.errors import TooManyRequests, Unauthorized
 
 
@@ -37,7 +38,7 @@ def sleeps():
 
 @pytest.fixture
 async def auth(db, sleeps):
-    return Authenticator(db, await load_secret(db), sleep=sleeps)
+    return Authenticator(db, sleep=sleeps)
 
 
 async def test_right_password_returns_the_user(db, admin, auth):
@@ -93,7 +94,7 @@ async def test_disabling_a_user_takes_effect_despite_the_cache(db, admin, auth):
 
 async def test_cache_entry_expires(db, admin):
     clock = FakeClock()
-    auth = Authenticator(db, await load_secret(db), cache_seconds=10, clock=clock)
+    auth = Authenticator(db, cache_seconds=10, clock=clock)
     await auth.password("admin", "hans", address="a")
     clock.now += 11
     await auth.password("admin", "hans", address="a")
@@ -102,7 +103,7 @@ async def test_cache_entry_expires(db, admin):
 
 async def test_repeated_failures_refuse_the_pair_then_release_it(db, admin, sleeps):
     clock = FakeClock()
-    auth = Authenticator(db, await load_secret(db), throttle=Throttle(free_failures=3, clock=clock),
+    auth = Authenticator(db, throttle=Throttle(free_failures=3, clock=clock),
                          clock=clock, sleep=sleeps)
     for _ in range(3):
         with pytest.raises(Unauthorized):
@@ -162,7 +163,7 @@ async def test_delay_grows_with_failures_of_a_name_up_to_max_delay():
 
 async def test_failures_from_one_address_slow_it_down_across_names_but_do_not_refuse(db, admin, sleeps):
     clock = FakeClock()
-    auth = Authenticator(db, await load_secret(db), throttle=Throttle(free_failures=3, clock=clock),
+    auth = Authenticator(db, throttle=Throttle(free_failures=3, clock=clock),
                          clock=clock, sleep=sleeps)
     for name in ("u1", "u2", "u3"):
         with pytest.raises(Unauthorized):
@@ -183,7 +184,7 @@ async def test_error_during_verification_takes_the_attempt_back():
 # --- the throttle cannot be turned against the victim -------------------------------------
 
 async def test_concurrent_guesses_are_counted_before_any_is_verified(db, admin, sleeps):
-    auth = Authenticator(db, await load_secret(db), clock=FakeClock(), sleep=sleeps)
+    auth = Authenticator(db, clock=FakeClock(), sleep=sleeps)
     results = await asyncio.gather(*(auth.password("admin", f"guess{i}", address="6.6.6.6")
                                      for i in range(20)), return_exceptions=True)
     assert sum(isinstance(r, Unauthorized) for r in results) == auth.throttle.free_failures
@@ -193,7 +194,7 @@ async def test_concurrent_guesses_are_counted_before_any_is_verified(db, admin, 
 
 async def test_attacker_at_one_address_leaves_the_victim_in_from_another(db, admin, sleeps):
     clock = FakeClock()
-    auth = Authenticator(db, await load_secret(db), clock=clock, sleep=sleeps)
+    auth = Authenticator(db, clock=clock, sleep=sleeps)
     await auth.password("admin", "hans", address="10.0.0.1")  # the victim, now cached
     for _ in range(30):
         with pytest.raises((Unauthorized, TooManyRequests)):
@@ -212,7 +213,7 @@ async def test_attacker_at_one_address_leaves_the_victim_in_from_another(db, adm
 
 async def test_one_failure_a_minute_cannot_keep_the_user_out(db, admin, sleeps):
     clock = FakeClock()
-    auth = Authenticator(db, await load_secret(db), clock=clock, sleep=sleeps)
+    auth = Authenticator(db, clock=clock, sleep=sleeps)
     for minute in range(20):  # longer than forget_after: the failures never get forgotten
         with pytest.raises(Unauthorized):  # one guess a minute stays within the backoff: admitted
             await auth.password("admin", f"guess{minute}", address="6.6.6.6")
@@ -251,7 +252,7 @@ async def test_ipv6_addresses_count_by_their_64_network():
 
 
 async def test_huge_user_name_is_cut_in_throttle_keys_and_audit_entry(db, sleeps):
-    auth = Authenticator(db, await load_secret(db), sleep=sleeps)
+    auth = Authenticator(db, sleep=sleeps)
     name = "n" * 65536
     with pytest.raises(Unauthorized):
         await auth.password(name, "pw", address="6.6.6.6")
@@ -288,7 +289,7 @@ async def test_password_no_user_can_have_is_wrong_not_an_error(db, admin, auth):
 # --- rechecks of long-lived requests ------------------------------------------------------
 
 async def test_recheck_uses_the_cache_and_ignores_the_throttle(db, admin, sleeps):
-    auth = Authenticator(db, await load_secret(db), clock=FakeClock(), sleep=sleeps)
+    auth = Authenticator(db, clock=FakeClock(), sleep=sleeps)
     await auth.password("admin", "hans", address="a")
     for _ in range(10):
         with pytest.raises((Unauthorized, TooManyRequests)):
@@ -322,54 +323,66 @@ async def test_recheck_refuses_a_changed_disabled_or_removed_user(db, auth):
 
 
 async def test_token_identifies_its_user(db, admin, auth):
-    token, expires = auth.issue_token(await users.get(db, "admin"))
+    token, expires = await auth.issue_token(await users.get(db, "admin"), address="10.0.0.1", agent="curl/8")
     assert (await auth.token(token))["name"] == "admin"
-    assert expires > time.time() + 3600
+    assert expires > datetime.now(timezone.utc) + timedelta(hours=1)
+    stored = await db.token.find_one({})
+    assert stored["address"] == "10.0.0.1" and stored["agent"] == "curl/8"
+    assert token[-43:] not in str(stored), "only the secret's hash is stored"
 
 
 async def test_tampered_or_foreign_token_is_refused(db, admin, auth):
     user = await users.get(db, "admin")
-    token, _ = auth.issue_token(user)
-    body, _, signature = token.partition(".")
+    token, _ = await auth.issue_token(user)
     with pytest.raises(Unauthorized, match="invalid token"):
-        await auth.token(body + "." + signature[::-1])
+        await auth.token(token[:-1] + ("A" if token[-1] != "A" else "B"))  # another secret, same id
     with pytest.raises(Unauthorized, match="invalid token"):
         await auth.token("garbage")
-    other = Authenticator(db, b"another secret" * 3)
     with pytest.raises(Unauthorized, match="invalid token"):
-        await other.token(token)
+        await auth.token(f"jd_{ObjectId()}_{token[-43:]}")  # the secret under an id it is not
+    assert (await auth.token(token))["name"] == "admin"  # the real one still is
 
 
-@pytest.mark.parametrize("token", ["é", "é.é", "eyJ1Ijoi.ü", "abc.déf", "\ud800.x"])
+@pytest.mark.parametrize("token", ["é", "é.é", "eyJ1Ijoi.ü", "abc.déf", "\ud800.x", "jd_" + "0" * 24 + "_" + "é" * 43])
 async def test_non_ascii_token_is_an_invalid_token(db, admin, auth, token):
     with pytest.raises(Unauthorized, match="invalid token"):
         await auth.token(token)
 
 
 async def test_expired_token_is_refused(db, admin):
-    auth = Authenticator(db, await load_secret(db), token_seconds=-1)
-    token, _ = auth.issue_token(await users.get(db, "admin"))
+    auth = Authenticator(db, token_seconds=-1)
+    token, _ = await auth.issue_token(await users.get(db, "admin"))
     with pytest.raises(Unauthorized, match="expired"):
         await auth.token(token)
 
 
 async def test_password_change_revokes_tokens(db, admin, auth):
-    token, _ = auth.issue_token(await users.get(db, "admin"))
+    token, _ = await auth.issue_token(await users.get(db, "admin"))
     await users.set_password(db, "admin", "new", actor="test")
+    with pytest.raises(Unauthorized, match="invalid token"):
+        await auth.token(token)
+    assert await db.token.count_documents({}) == 0
+
+
+async def test_token_made_while_the_password_changed_is_refused(db, admin, auth):
+    """A session started from the user as it was before a password change (a race) does not outlive it."""
+    before = await users.get(db, "admin")
+    await users.set_password(db, "admin", "new", actor="test")
+    token, _ = await auth.issue_token(before)
     with pytest.raises(Unauthorized, match="password change"):
         await auth.token(token)
 
 
 async def test_token_of_disabled_or_removed_user_is_refused(db, admin, auth):
     await users.add(db, "bob", "pw", actor="test")
-    token, _ = auth.issue_token(await users.get(db, "bob"))
+    token, _ = await auth.issue_token(await users.get(db, "bob"))
     await users.set_active(db, "bob", False, actor="test")
-    with pytest.raises(Unauthorized, match="disabled"):
+    with pytest.raises(Unauthorized, match="invalid token"):
         await auth.token(token)
+    await users.set_active(db, "bob", True, actor="test")
+    with pytest.raises(Unauthorized, match="invalid token"):
+        await auth.token(token)  # enabling again does not bring the ended session back
+    token, _ = await auth.issue_token(await users.get(db, "bob"))
     await users.remove(db, "bob", actor="test")
-    with pytest.raises(Unauthorized, match="no longer exists"):
+    with pytest.raises(Unauthorized, match="invalid token"):
         await auth.token(token)
-
-
-async def test_token_secret_is_shared_through_the_database(db):
-    assert await load_secret(db) == await load_secret(db)

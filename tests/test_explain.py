@@ -308,7 +308,7 @@ async def exercise_api_and_worker(db: Database, config: Config, classes: dict[st
                 httpx.AsyncClient(base_url=server.url, timeout=30) as reader:
             assert (await reader.post("/login", json={"username": "reader", "password": "read-pw"})).status_code == 200
             # Writes with the login cookie need an Origin (CSRF): the admin sends a token instead.
-            http.headers["Authorization"] = f"Bearer {server.auth.issue_token(admin)[0]}"
+            http.headers["Authorization"] = f"Bearer {(await server.auth.issue_token(admin))[0]}"
             # A few log lines: the command line reads its log by the page too.
             done = ObjectId((await http.post("/job/enqueue", json={"qual_name": DUMMY, "follow": False, "args": {
                 "sleep": 0.1, "loop_time": 0.05}})).json()["data"])
