@@ -165,6 +165,8 @@ async def create(db: Database, *, name: Any, read_only: Any = False, expires_in_
     account = by if by is not None and owner == by["name"] else await db.user.find_one({"name": owner})
     if account is None:
         raise NotFound(f"no user {owner!r}")
+    if not account.get("active"):
+        raise Conflict(f"user {owner!r} is disabled: enable it first")
     mine = await db.token.find({"kind": API, "user": owner}, {"name": 1}).to_list()
     if any(doc.get("name") == name for doc in mine):
         raise Conflict(f"user {owner!r} has a token named {name!r} already; revoke it or choose another name")

@@ -141,7 +141,9 @@ async def still_admin(server) -> None:
     async with httpx.AsyncClient(base_url=server.url, auth=("admin", "hans")) as http:
         reply = await http.get("/whoami")
     assert reply.status_code == 200 and reply.json()["data"]["admin"], reply.text
-    assert not await server.db.audit.count_documents({"target": "admin", "actor": {"$ne": "test"}})
+    # Its logins, logouts and tokens are its own doing; a change of the user would be a user.* entry.
+    assert not await server.db.audit.count_documents({"target": "admin", "actor": {"$ne": "test"},
+                                                      "action": {"$regex": "^user\\."}})
 
 
 @pytest.fixture

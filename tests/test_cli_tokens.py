@@ -50,8 +50,10 @@ async def test_a_token_made_on_the_command_line_works_until_revoked_there(server
         ("token.create", "reader", True), ("token.revoke", "reader", True)]
 
 
-async def test_bad_token_commands_say_what_is_wrong(server, team, cli_env):
-    for args, message in ((("token", "create", "x", "--user", "nobody"), "no user 'nobody'"),
+async def test_bad_token_commands_say_what_is_wrong(server, team, cli_env, db):
+    await db.user.update_one({"name": "stranger"}, {"$set": {"active": False}})
+    for args, message in ((("token", "create", "x", "--user", "stranger"), "user 'stranger' is disabled"),
+                          (("token", "create", "x", "--user", "nobody"), "no user 'nobody'"),
                           (("token", "create", "x", "--user", "reader", "--expires-in-days", "0"),
                            "0 is not in the range 1<=x<=3650"),
                           (("token", "revoke", "0123456789abcdef01234567"), "no token '0123456789abcdef01234567'"),
