@@ -48,8 +48,9 @@ _INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("locked.worker", ASCENDING)], name="locked_worker"),
         IndexModel([("locked.heartbeat", ASCENDING)], name="lease"),
         IndexModel([("query_at", ASCENDING)], name="query_at"),
-        IndexModel([("unique_key", ASCENDING)], name="unique_key", unique=True,
-                   partialFilterExpression={"unique_key": {"$exists": True}}),
+        # Only unique jobs (core.queue): sparse, not partial, for the reason given at ``requires``. It was
+        # partial up to December 2026: ``setup`` replaces that index (see ``_REPLACED``).
+        IndexModel([("unique_key", ASCENDING)], name="unique_key", unique=True, sparse=True),
         # Only jobs of schedules (core.scheduler): is a schedule's previous job still live?
         IndexModel([("schedule.id", ASCENDING)], name="schedule", sparse=True),
         # Only jobs that require worker tags (core.flow): stats group the waiting ones. Sparse, not
@@ -96,6 +97,10 @@ _INDEXES: dict[str, list[IndexModel]] = {
     # Idempotency keys (core.queue.enqueue_once): each is deleted at its ``expires`` date.
     "enqueue_keys": [IndexModel([("expires", ASCENDING)], name="expires", expireAfterSeconds=0)],
 }
+
+
+#: Indexes whose options changed, by collection: (name, an option only the old version has).
+_REPLACED: dict[str, tuple[tuple[str, str], ...]] = {"queue": (("unique_key", "partialFilterExpression"),)}
 
 
 class Database:
@@ -238,6 +243,7 @@ class Database:
             self.transactions = self.change_streams = replica_set
             self.client_bulk_write = hello.get("maxWireVersion", 0) >= 25
             for collection, models in _INDEXES.items():
+                await self._replace_changed(collection)
                 await self.db[collection].create_indexes(models)
             await self._ensure_log_ttl(int(log_retention_days * 86400))
             if audit_retention_days is not None:
@@ -245,6 +251,15 @@ class Database:
             await counts.ensure(self)
         except (ConnectionFailure, ConfigurationError) as exc:  # ConfigurationError: an SRV name not found
             raise startup.unreachable_database(self.url, exc, self.client.options.server_selection_timeout) from exc
+
+    async def _replace_changed(self, collection: str) -> None:
+        """Drop an index of an earlier version that ``create_indexes`` would refuse to make again
+        with its new options (same name): the next ``create_indexes`` makes it anew."""
+        for name, old_option in _REPLACED.get(collection, ()):
+            existing = (await self.db[collection].index_information()).get(name)
+            if existing is not None and old_option in existing:
+                log.warning("replacing index %s of %s by its new version", name, collection)
+                await self.db[collection].drop_index(name)
 
     async def _ensure_log_ttl(self, seconds: int) -> None:
         existing = (await self.log.index_information()).get(LOG_TTL_INDEX)

@@ -228,6 +228,24 @@ async def test_a_unique_job_refuses_a_second_live_job_with_the_same_args(qdb: Da
     assert await qdb.queue.count_documents({}) == 2
 
 
+async def test_a_database_with_the_old_partial_unique_index_gets_the_sparse_one_and_stays_unique(
+        qdb: Database, unique_job: str) -> None:
+    """The embedded server reads the whole queue for a query on a partial index (0.9 s with 20,000 queued,
+    against 3 ms on a sparse one): a database made before gets the sparse index at its next start."""
+    await qdb.queue.drop_index("unique_key")
+    await qdb.queue.create_index([("unique_key", 1)], name="unique_key", unique=True,
+                                 partialFilterExpression={"unique_key": {"$exists": True}})
+    first = await queue.enqueue(qdb, unique_job, {"key": "k"}, user=ADMIN)
+    await qdb.setup(log_retention_days=1)
+    index = (await qdb.queue.index_information())["unique_key"]
+    assert index.get("sparse") and index.get("unique") and "partialFilterExpression" not in index
+    with pytest.raises(Conflict) as caught:
+        await queue.enqueue(qdb, unique_job, {"key": "k"}, user=ADMIN)
+    assert caught.value.details["job_id"] == str(first["_id"])
+    await queue.enqueue(qdb, "jobs.example.DummyJob", {}, user=ADMIN)  # jobs without a key: many
+    await queue.enqueue(qdb, "jobs.example.DummyJob", {}, user=ADMIN)
+
+
 async def test_a_unique_job_may_be_enqueued_again_once_the_first_has_finished(
         qdb: Database, unique_job: str) -> None:
     first = await queue.enqueue(qdb, unique_job, {"key": "k"}, user=ADMIN)
