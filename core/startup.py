@@ -19,7 +19,7 @@ import socket
 from core.errors import ConfigError
 
 __all__ = ["redact_url", "setting", "cannot_listen", "unwritable_data_dir", "unreachable_database",
-           "bad_database_url"]
+           "bad_database_url", "bad_tls"]
 
 # core.config.ENV_PREFIX, which cannot be imported here: core.config shows URLs with redact_url.
 _ENV_PREFIX = "JOBDECK_"
@@ -86,3 +86,10 @@ def unreachable_database(url: str, exc: Exception, timeout: float) -> ConfigErro
 def bad_database_url(url: str, exc: Exception) -> ConfigError:
     """The error for a database URL the driver refuses; ``url`` is shown without its password."""
     return ConfigError(f"the database URL {redact_url(url)} is not valid: {exc}; set {setting('mongo_url')}")
+
+
+def bad_tls(cert: str | None, key: str | None, exc: Exception) -> ConfigError:
+    """The error for a TLS certificate or key that cannot be loaded."""
+    reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+    return ConfigError(f"cannot load the TLS certificate {cert} with its key {key}: {reason}; set "
+                       f"{setting('tls_cert')} and {setting('tls_key')} to a readable PEM certificate and its key")

@@ -27,7 +27,7 @@ from handlers.services import Services
 from handlers.system import (HealthHandler, LoginHandler, LogoutHandler, MetricsHandler, OpenAPIHandler,
                              WhoamiHandler)
 
-__all__ = ["PREFIXES", "ROUTES", "Services", "make_app", "listen", "Server"]
+__all__ = ["PREFIXES", "ROUTES", "Services", "make_app", "listen", "tls_context", "Server"]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,19 @@ def _log_request(handler: RequestHandler) -> None:
                        1000.0 * handler.request.request_time(), f": {error}" if error else "")
 
 
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server's TLS context, or None without ``tls_cert``; raises ``ConfigError`` naming
+    ``tls_cert``/``tls_key`` when they cannot be loaded (``core.startup``)."""
+    if not config.tls:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise startup.bad_tls(config.tls_cert, config.tls_key, exc) from exc
+    return context
+
+
 def listen(config: Config) -> list[socket.socket]:
     """Sockets bound and listening on ``config.host:config.port``, for ``Server.start``.
 
@@ -143,6 +156,7 @@ class Server:
 
         Binds first, so that a taken port (``ConfigError``, see ``listen``) leaves nothing started.
         """
+        ssl_options = tls_context(self.config)
         sockets = listen(self.config)
         if self.auth is None:
             self.auth = Authenticator(self.db, token_seconds=self.config.token_hours * 3600,
@@ -152,10 +166,6 @@ class Server:
         self.services = services = Services(self.config, self.db, self.auth, self.hub, keepalive=self.keepalive,
                                             registry_cache=self.registry_cache, job_inserts=self.job_inserts,
                                             job_import_errors=self.job_import_errors)
-        ssl_options = None
-        if self.config.tls:
-            ssl_options = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_options.load_cert_chain(self.config.tls_cert, self.config.tls_key)
         # Tornado's own limit only guards the connection; the handlers answer
         # 413 at max_body_size, so theirs must be higher.
         self.http = HTTPServer(make_app(services, self.routes), ssl_options=ssl_options,

@@ -18,7 +18,7 @@ from core.errors import BadArgument, DatabaseUnavailable
 from core.scheduler import Scheduler
 from core.startup import redact_url
 from core.worker import Worker
-from handlers.app import Server, listen
+from handlers.app import Server, listen, tls_context
 from jobdeck.command import cli, config_option, load_config, setup_logging
 
 __all__ = ["up", "serve", "worker", "db"]
@@ -113,8 +113,9 @@ def _main(http: bool, slots: Callable[[Config], int | None], changes: dict[str, 
     config = dataclasses.replace(load_config(), **(changes or {}))
     setup_logging(config)
     if http:
-        # A taken port fails here, before the database starts; Server.start binds again (and
-        # fails the same way should another program take the port in between).
+        # A bad TLS certificate or a taken port fails here, before the database starts; Server.start
+        # checks again (and fails the same way should another program take the port in between).
+        tls_context(config)
         for sock in listen(config):
             sock.close()
     with database_url(config, announce=lambda data_dir: click.echo(

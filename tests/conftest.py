@@ -38,6 +38,25 @@ def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
+def own_server(tmp_path: Path) -> Any:
+    """An embedded server of the test's own, on disk (its data survives a restart), on a stable port."""
+    servers: list[EmbeddedServer] = []
+
+    def start() -> str:
+        server = EmbeddedServer(tmp_path / "db", test_commands=True)
+        servers.append(server)
+        return server.start()
+
+    def stop() -> None:
+        servers[-1].stop()
+
+    yield start, stop
+    for server in servers:
+        if server.process is not None and server.process.poll() is None:
+            server.stop()
+
+
+@pytest.fixture
 def database_name() -> str:
     return f"test_{uuid.uuid4().hex[:12]}"
 

@@ -106,6 +106,16 @@ def test_host_not_of_this_machine_is_one_line_naming_host(tmp_path: Path) -> Non
     one_line(done, "cannot listen on host '192.0.2.1'", "set host", "JOBDECK_HOST")
 
 
+@pytest.mark.parametrize("cert, reason", [("missing.pem", "No such file or directory"), ("garbage.pem", "PEM lib")])
+def test_a_tls_certificate_that_cannot_be_loaded_is_one_line_naming_tls_cert(cert: str, reason: str,
+                                                                             tmp_path: Path) -> None:
+    (tmp_path / "garbage.pem").write_text("not a certificate\n")
+    done = run(["serve"], tmp_path, JOBDECK_TLS_CERT=str(tmp_path / cert), JOBDECK_TLS_KEY=str(tmp_path / "garbage.pem"),
+               JOBDECK_PORT=str(free_port()), JOBDECK_DATA_DIR=str(tmp_path / "var"))
+    one_line(done, f"cannot load the TLS certificate {tmp_path / cert}", reason, "set tls_cert", "JOBDECK_TLS_KEY")
+    assert not (tmp_path / "var").exists()  # checked before the embedded database starts
+
+
 # --- the configuration file ------------------------------------------------------------
 
 

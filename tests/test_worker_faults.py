@@ -12,7 +12,6 @@ import signal
 import dataclasses
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
@@ -22,7 +21,6 @@ from pymongo import AsyncMongoClient
 from core import queue, registry
 from core.config import Config
 from core.db import Database
-from core.embedded import EmbeddedServer
 from core.lease import reap_expired
 from core.worker import Worker
 from tests.conftest import wait_for, worker_process
@@ -221,25 +219,6 @@ async def test_a_new_trial_never_reuses_a_log_seq_even_when_the_old_records_expi
 
 
 # ------------------------------------------------------------ a real stop and restart of the server
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Any:
-    """An embedded server of the test's own, on disk (its data survives a restart), on a stable port."""
-    servers: list[EmbeddedServer] = []
-
-    def start() -> str:
-        server = EmbeddedServer(tmp_path / "db", test_commands=True)
-        servers.append(server)
-        return server.start()
-
-    def stop() -> None:
-        servers[-1].stop()
-
-    yield start, stop
-    for server in servers:
-        if server.process is not None and server.process.poll() is None:
-            server.stop()
-
 
 async def test_a_database_stopped_for_20_s_under_running_jobs_loses_nothing(own_server: Any) -> None:
     """The outage of the issue: 20 s, four leases of 5 s; a second worker that could reap is idle."""
