@@ -11,6 +11,7 @@ import * as enqueue from "./views/enqueue.js";
 import * as workers from "./views/workers.js";
 import * as stats from "./views/stats.js";
 import * as users from "./views/users.js";
+import * as account from "./views/account.js";
 
 const VIEWS = {
   queue: (root, ctx, rest, query) => queue.render(root, ctx, {mode: "queue", query}),
@@ -20,12 +21,13 @@ const VIEWS = {
   workers: (root, ctx) => workers.render(root, ctx),
   stats: (root, ctx) => stats.render(root, ctx),
   users: (root, ctx) => users.render(root, ctx),
+  account: (root, ctx) => account.render(root, ctx),
 };
 const TITLES = {queue: "Queue", journal: "Journal", job: "Job", enqueue: "Enqueue", workers: "Workers",
-                stats: "Stats", users: "Users", login: "Log in"};
+                stats: "Stats", users: "Users", account: "Account", login: "Log in"};
 
 const main = document.getElementById("main");
-const ctx = {user: null, navigate};
+const ctx = {user: null, navigate, logout};
 let cleanup = null;
 let wanted = null; // where to go after logging in
 
@@ -46,11 +48,15 @@ function showUser() {
   document.getElementById("nav").hidden = !user;
   document.getElementById("who").hidden = !user;
   document.getElementById("nav-users").hidden = !isAdmin(user);
-  if (!user) return;
-  const rights = isAdmin(user) ? "admin" : (user.perms || []).join(", ") || "no permissions";
   const name = document.getElementById("user");
+  if (!user) {
+    fill(name); // nothing of the last user stays in the page
+    return;
+  }
+  const rights = isAdmin(user) ? "admin" : (user.perms || []).join(", ") || "no permissions";
   fill(name, el("span", {className: "name"}, user.name), " ", el("span", {className: "rights"}, `(${rights})`));
-  name.title = `roles: ${(user.roles || []).join(", ") || "none"}; permissions: ${(user.perms || []).join(", ") || "none"}`;
+  name.title = `Your account: sessions and API tokens. Roles: ${(user.roles || []).join(", ") || "none"}; ` +
+    `permissions: ${(user.perms || []).join(", ") || "none"}`;
 }
 
 function route() {
@@ -62,7 +68,7 @@ function route() {
   fill(main);
   const root = el("div", {className: `view view-${name}`});
   main.append(root);
-  for (const link of document.querySelectorAll("#nav a[data-view]")) {
+  for (const link of document.querySelectorAll("#nav a[data-view], #user")) {
     if (link.dataset.view === name) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
