@@ -33,7 +33,7 @@ _STATIC = DASHBOARD_DIR / "static"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 #: The views of the hash router that have a path of their own.
-VIEWS = ("login", "queue", "journal", "job", "enqueue", "workers", "stats", "users")
+VIEWS = ("login", "queue", "journal", "job", "enqueue", "workers", "stats", "users", "account")
 _YEAR = 365 * 24 * 3600
 
 

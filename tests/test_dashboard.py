@@ -100,6 +100,11 @@ async def test_shell_and_files_are_served_with_a_strict_policy_and_the_api_is_un
         # The views' own paths lead to their hash routes; other paths stay the API's JSON 404.
         moved = await http.get("/queue")
         assert moved.status_code == 302 and moved.headers["Location"] == "/#/queue"
+        app = (Path(__file__).resolve().parents[1] / "jobdeck" / "dashboard" / "static" / "app.js").read_text()
+        routes = re.findall(r"^  (\w+): \(root", app.split("const VIEWS = {", 1)[1].split("};", 1)[0], re.M)
+        assert "account" in routes
+        for view in routes:  # every view the page routes to has its own path
+            assert (await http.get(f"/{view}")).headers.get("Location") == f"/#/{view}", view
         assert (await http.get("/job/abc")).headers["Location"] == "/#/job/abc"
         unknown = await http.get("/nothing-here")
         assert unknown.status_code == 404 and unknown.json()["error"] == "no such endpoint: /nothing-here"
