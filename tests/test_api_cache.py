@@ -126,7 +126,7 @@ async def test_a_user_removed_in_another_process_is_refused_promptly(deck, other
         assert (await http.get("/whoami")).status_code == 200
         await users.remove(other, "reader", actor="t")
         reply = await answers(http, "GET", "/whoami", 401)
-    assert "removal" in reply.json()["error"]
+    assert "removed" in reply.json()["error"]
 
 
 async def make_unavailable(db: Database, classes: dict[str, Any]) -> None:

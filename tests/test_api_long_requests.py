@@ -34,7 +34,7 @@ async def deck(config, db, team, job_classes) -> AsyncIterator[Server]:
 
 
 def client(server: Server, user: dict[str, Any] | None = None, **kwargs: Any) -> httpx.AsyncClient:
-    auth = SessionAuth(server, user) if user else None
+    auth = kwargs.pop("auth", None) or (SessionAuth(server, user) if user else None)
     return httpx.AsyncClient(base_url=server.url, auth=auth, timeout=30, **kwargs)
 
 

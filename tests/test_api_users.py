@@ -129,14 +129,15 @@ async def test_the_last_admin_cannot_be_removed_demoted_or_disabled(db, team_cli
     assert (await http.put("/user/admin", json={"admin": False})).status_code == 200
 
 
-async def test_a_disabled_users_token_stops_working(team_clients):
+async def test_a_disabled_users_token_stops_working_for_good(team_clients):
     reader = team_clients["reader"]
     assert (await reader.get("/whoami")).status_code == 200
     assert (await team_clients["admin"].put("/user/reader", json={"active": False})).status_code == 200
     refused = await reader.get("/whoami")
     assert refused.status_code == 401 and "disabled" in error(refused)
     assert (await team_clients["admin"].put("/user/reader", json={"active": True})).status_code == 200
-    assert (await reader.get("/whoami")).status_code == 200
+    assert (await reader.get("/whoami")).status_code == 401  # enabled again, it logs in anew
+    assert (await reader.get("/whoami", auth=("reader", "read-pw"))).status_code == 200
 
 
 async def test_a_new_password_ends_the_users_tokens_and_logs_in(server, team_clients):
