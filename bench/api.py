@@ -1,17 +1,19 @@
-"""Enqueue requests per second over HTTP with basic auth, against raw insert_one on the same server.
+"""Enqueue requests per second over HTTP, with basic auth and with an API token, against raw insert_one.
 
     .venv/bin/python bench/api.py [--requests 2000] [--concurrency 8] [--mongo-url URL]
 
 Runs ``jobdeck serve`` as its own process, sends ``POST /api/v1/job`` with
-``follow: false`` from ``--concurrency`` connections, and measures, in the
-same run and with the same concurrency, how many ``insert_one`` per second
-the database itself takes.
+``follow: false`` from ``--concurrency`` connections, authenticated by Basic
+credentials, then by an API token (``Authorization: Bearer``), and measures,
+in the same run and with the same concurrency, how many ``insert_one`` per
+second the database itself takes.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import time
+from typing import Any
 
 import httpx
 from common import database, drop_database, jobdeck_server, percentile  # also puts the project on sys.path
@@ -39,11 +41,19 @@ async def raw_inserts(url: str, name: str, total: int, concurrency: int) -> floa
     return per_writer * concurrency / elapsed
 
 
-async def enqueues(base: str, total: int, concurrency: int) -> tuple[float, list[float]]:
-    """(requests per second, latencies) of POST /job with follow false."""
+async def api_token(base: str) -> str:
+    """A new API token of the admin."""
+    async with httpx.AsyncClient(base_url=base, auth=("admin", "bench"), timeout=60) as client:
+        reply = await client.post("/token", json={"name": f"bench-{ObjectId()}"})
+        assert reply.status_code == 200, reply.text
+        return reply.json()["data"]["token"]
+
+
+async def enqueues(base: str, total: int, concurrency: int, auth: Any) -> tuple[float, list[float]]:
+    """(requests per second, latencies) of POST /job with follow false, authenticated by ``auth``."""
     per_client = total // concurrency
     latencies: list[float] = []
-    async with httpx.AsyncClient(base_url=base, auth=("admin", "bench"), timeout=60,
+    async with httpx.AsyncClient(base_url=base, auth=auth, timeout=60,
                                  limits=httpx.Limits(max_connections=concurrency)) as client:
         await client.post("/job", json={"qual_name": "jobs.example.NoopJob", "follow": False})  # warm the auth cache
 
@@ -60,6 +70,15 @@ async def enqueues(base: str, total: int, concurrency: int) -> tuple[float, list
     return per_client * concurrency / elapsed, latencies
 
 
+class _Bearer(httpx.Auth):
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        yield request
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
@@ -70,11 +89,15 @@ def main() -> None:
     with database(args.mongo_url) as url:
         raw = asyncio.run(raw_inserts(url, name, args.requests, args.concurrency))
         with jobdeck_server(url, name) as (base, _process):
-            rate, latencies = asyncio.run(enqueues(base, args.requests, args.concurrency))
+            token = asyncio.run(api_token(base))
+            runs = [(kind, asyncio.run(enqueues(base, args.requests, args.concurrency, auth)))
+                    for kind, auth in (("basic auth", ("admin", "bench")),
+                                       ("API token", _Bearer(token)))]
         print(f"raw insert_one, {args.concurrency} concurrent writers: {raw:.0f}/s")
-        print(f"POST /job (basic auth, follow=false), {args.concurrency} connections, {args.requests} requests: "
-              f"{rate:.0f}/s = {rate / raw * 100:.0f}% of raw insert_one "
-              f"(latency p50 {percentile(latencies, 0.5) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms)")
+        for kind, (rate, latencies) in runs:
+            print(f"POST /job ({kind}, follow=false), {args.concurrency} connections, {args.requests} requests: "
+                  f"{rate:.0f}/s = {rate / raw * 100:.0f}% of raw insert_one (latency p50 "
+                  f"{percentile(latencies, 0.5) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms)")
         asyncio.run(drop_database(url, name))
 
 
