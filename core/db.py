@@ -194,7 +194,17 @@ class Database:
                 self.sessions.pop(next(iter(self.sessions)))
             if not known and self.publish_sessions is not None:
                 await self.publish_sessions(list(self.sessions.values()))
-            yield session
+            try:
+                yield session
+            except PyMongoError as exc:
+                # A commit whose result is unknown (its connection lost, twice with the driver's retry)
+                # may not have run, and the driver sends no abort after a commit: the transaction would
+                # stay open, its writes locked, for the server's transaction lifetime. Ending the session
+                # ends it (a no-op if it did commit); the caller still gets the error.
+                if exc.has_error_label("UnknownTransactionCommitResult"):
+                    with contextlib.suppress(PyMongoError):
+                        await self.kill_sessions([lsid])
+                raise
 
     async def kill_sessions(self, sessions: list[Any]) -> None:
         """End the sessions ``sessions`` (ids a dead process published) and their open transactions."""

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from pymongo.errors import PyMongoError
 
 from core import flow, queue, registry, slots, states
 from core.claim import Claimer
@@ -15,6 +16,7 @@ from core.config import Config
 from core.db import Database
 from core.errors import BadArgument, Conflict, Forbidden
 from core.states import State
+from core.worker import Worker
 from tests.conftest import forget_package, make_package, wait_for, worker_process
 
 ADMIN = queue.operator("test")
@@ -270,8 +272,7 @@ async def test_limited_claims_and_ends_survive_refused_writes_and_leak_no_slot(
     jobs = [await enqueue(db, DUMMY, {"sleep": 0.2, "loop_time": 0.1}, max_parallel=1) for _ in range(4)]
     ids = [job["_id"] for job in jobs]
     # The next 6 inserts and commits (slot claims, count changes, ends) meet a write conflict or a dropped
-    # connection (an election is tests/test_worker_faults.py's: a step-down here, while a slot claim or a pause is in
-    # a transaction, left the embedded server failing every later test of the session).
+    # connection (a commit that loses its connection twice: the test after the election test below).
     await db.client.admin.command({"configureFailPoint": "failCommand", "mode": {"times": 3}, "data": {
         "failCommands": ["insert", "commitTransaction"], "errorCode": 112,
         "errorLabels": ["TransientTransactionError"]}})
@@ -289,3 +290,79 @@ async def test_limited_claims_and_ends_survive_refused_writes_and_leak_no_slot(
     assert all(before[1] <= after[0] for before, after in zip(spans, spans[1:]))  # one at a time
     assert await db.slots.count_documents({}) == 0
 
+
+async def test_an_election_while_limited_jobs_are_claimed_and_a_pause_is_asked_loses_nothing(own_server: Any) -> None:
+    # On a server of its own: the embedded server's dropDatabase waits, holding its storage lock, for any
+    # transaction still open on the database, and then nothing else is served until that transaction is
+    # reaped, which only another transaction's statement does. A transaction left open (a worker killed in
+    # one) would stall every later test of a shared server.
+    start, _ = own_server
+    url = start()
+    db = Database.connect(url, "jobdeck")
+    await db.setup(log_retention_days=1)
+    classes = registry.discover()
+    await registry.sync(db, classes)
+    config = Config(mongo_url=url, database="jobdeck", lease_seconds=3, heartbeat_seconds=0.5)
+    workers = [Worker(db, config, classes=classes, slots=2, kill_grace=0.5, shutdown_grace=0.2, poll_seconds=0.2)
+               for _ in range(2)]
+    try:
+        for worker in workers:
+            await worker.start()
+        jobs = [await enqueue(db, DUMMY, {"sleep": 0.5, "loop_time": 0.1}, max_parallel=2) for _ in range(8)]
+        ids = [job["_id"] for job in jobs]
+        await wait_for(lambda: db.queue.find_one({"_id": {"$in": ids}, "state": "running"}))
+        # Writes are refused for 3 s: ends, slot claims (their transactions) and the pause wait it out.
+        await db.client.admin.command("replSetStepDown", 3, force=True)
+
+        async def pause() -> dict[str, Any]:  # as a client does on the 503 of an election: try again
+            while True:
+                try:
+                    return await flow.pause(db, user=ADMIN, qual_name=NOOP, lease_seconds=3, wait=10)
+                except PyMongoError:
+                    await asyncio.sleep(0.2)
+
+        pausing = asyncio.create_task(pause())
+        await wait_for(lambda: finished(db, ids), timeout=60, message="the limited jobs to end")
+        reply = await asyncio.wait_for(pausing, 30)
+        assert reply["flow"]["classes"] == [NOOP] and reply["unacknowledged"] == []
+        assert all(worker.claimer.flow.paused(NOOP) for worker in workers)
+        ended = await db.journal.find({"_id": {"$in": ids}}).to_list()
+        assert sorted(job["_id"] for job in ended) == sorted(ids)
+        assert {job["state"] for job in ended} == {"complete"} and {job["trial"] for job in ended} == {1}
+        edges = sorted([(job["started_at"], 1) for job in ended] + [(job["finished_at"], -1) for job in ended],
+                       key=lambda edge: (edge[0], edge[1]))
+        level = peak = 0
+        for _, step in edges:
+            level += step
+            peak = max(peak, level)
+        assert peak <= 2
+        assert await db.slots.count_documents({}) == 0
+    finally:
+        for worker in workers:
+            worker.hurry()
+            await worker.stop()
+        await db.close()
+
+
+async def test_a_slot_claim_whose_commit_is_lost_leaves_no_transaction_holding_the_job(own_server: Any) -> None:
+    # On a server of its own: without the fix the embedded server stalls (see the election test above).
+    start, _ = own_server
+    url = start()
+    db = Database.connect(url, "jobdeck")
+    await db.setup(log_retention_days=1)
+    await registry.sync(db, registry.discover())
+    try:
+        job = await enqueue(db, DUMMY, {"sleep": 0}, max_parallel=1)
+        # The commit and the driver's one retry of it lose their connection: whether it ran is unknown.
+        await db.client.admin.command({"configureFailPoint": "failCommand", "mode": {"times": 2}, "data": {
+            "failCommands": ["commitTransaction"], "closeConnection": True}})
+        with pytest.raises(PyMongoError) as lost:
+            await claimer(db, "w1").claim(1)
+        assert lost.value.has_error_label("UnknownTransactionCommitResult")
+        # The transaction was ended, not left open for the server's 60 s holding the job and its slot:
+        # another worker claims the job at once, and the database can be dropped.
+        [claimed] = await asyncio.wait_for(claimer(db, "w2").claim(1), 10)
+        assert claimed["_id"] == job["_id"] and claimed["locked"]["slots"] == [f"class:{DUMMY}#0"]
+        await asyncio.wait_for(db.client.drop_database("jobdeck"), 10)
+    finally:
+        await db.close()
