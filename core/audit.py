@@ -36,7 +36,7 @@ from pymongo.errors import BulkWriteError, ClientBulkWriteException, DuplicateKe
 
 from core.errors import BadArgument
 from core.keyset import page_of
-from core.listing import Page, check_text, combine, time_range
+from core.listing import Page, as_utc, check_text, combine, time_range
 from core.permissions import READ, require_admin
 
 if TYPE_CHECKING:
@@ -229,7 +229,7 @@ def parse_time(value: Any, name: str, *, now: datetime | None = None) -> datetim
     if value is None:
         return None
     if isinstance(value, datetime):
-        return _utc(value, name)
+        return as_utc(value, name)
     text = check_text(value, name).strip()
     if not text:
         return None
@@ -245,17 +245,7 @@ def parse_time(value: Any, name: str, *, now: datetime | None = None) -> datetim
     except (ValueError, OverflowError):
         raise BadArgument(f"{name}: expected an ISO 8601 time such as 2026-11-24T10:00:00Z (without a zone: UTC) "
                           f"or an age such as 90m, 2h, 3d or 1w, got {text[:40]!r}") from None
-    return _utc(moment, name)
-
-
-def _utc(moment: datetime, name: str) -> datetime:
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    try:
-        return moment.astimezone(timezone.utc)
-    except (OverflowError, ValueError):
-        raise BadArgument(f"{name}: {moment.isoformat()} is out of range once converted to UTC "
-                          "(years 1 to 9999)") from None
+    return as_utc(moment, name)
 
 
 def _name_filter(field: str, name: str, value: Any) -> dict[str, Any]:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["JOB_FIELDS", "ID_FIELDS", "DATE_FIELDS", "OPERATORS", "MAX_PER_PAGE", "MAX_DEPTH",
            "MAX_SEARCH", "MAX_WILDCARDS", "QUERY_TIMEOUT_MS", "check_filter", "check_sort",
            "check_text", "search_filter", "Page", "paginate", "time_limited", "time_range",
-           "combine"]
+           "combine", "as_utc"]
 
 # An entry ending in ".*" allows any dotted path below it ("args.sleep", "args.a.b").
 JOB_FIELDS: frozenset[str] = frozenset({
@@ -82,7 +82,7 @@ def check_text(value: Any, name: str) -> str:
     return value
 
 
-def _as_utc(moment: datetime, name: str) -> datetime:
+def as_utc(moment: datetime, name: str) -> datetime:
     """``moment`` in UTC (naive means UTC); ``BadArgument`` if that leaves the years 1 to 9999.
 
     An offset can push a time just inside the range out of it
@@ -142,7 +142,7 @@ def _check_literal(value: Any, field: str, depth: int) -> Any:
     if isinstance(value, str):
         return check_text(value, f"filter: the value of {field!r}")
     if isinstance(value, datetime):
-        return _as_utc(value, f"filter: the time for {field!r}")
+        return as_utc(value, f"filter: the time for {field!r}")
     if isinstance(value, int):
         # Larger integers fail inside the BSON encoder, which would be a 500.
         if not _INT64[0] <= value <= _INT64[1]:
@@ -180,7 +180,7 @@ def _convert(field: str, value: Any) -> Any:
             moment = isoparse(value)
         except (ValueError, OverflowError):
             raise BadArgument(f"filter: {field!r} expects an ISO-8601 time, got {value!r}") from None
-        return _as_utc(moment, f"filter: the time for {field!r}")
+        return as_utc(moment, f"filter: the time for {field!r}")
     return value
 
 
@@ -491,7 +491,7 @@ def time_range(field: str, since: datetime | None, until: datetime | None) -> di
             continue
         if not isinstance(moment, datetime):
             raise BadArgument(f"{name} must be a time, got {moment!r}")
-        bounds[operator] = _as_utc(moment, name)
+        bounds[operator] = as_utc(moment, name)
     if "$gte" in bounds and "$lt" in bounds and bounds["$gte"] > bounds["$lt"]:
         raise BadArgument(f"since ({bounds['$gte'].isoformat()}) is later than until "
                           f"({bounds['$lt'].isoformat()})")
