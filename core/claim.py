@@ -103,9 +103,13 @@ class Claimer:
         self._read_at = None
 
     def set_flow(self, paused: flow.Flow) -> None:
-        """Claim by ``paused`` from now on (the next claim reads the queue)."""
+        """Claim by ``paused`` from now on; the next claim reads the queue when what is paused changed
+        (a read costs what the due jobs are, on the embedded server: not for a flow read again unchanged,
+        as every reopening of the change stream does)."""
+        changed = (paused.all, paused.classes) != (self.flow.all, self.flow.classes)
         self.flow = paused
-        self.invalidate()
+        if changed:
+            self.invalidate()
 
     def _wanted(self, job: dict[str, Any]) -> bool:
         """Whether ``job`` is of this worker's classes, not paused, and requires no tag it lacks."""

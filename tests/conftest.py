@@ -72,10 +72,12 @@ async def db(config: Config) -> AsyncIterator[Database]:
     database = Database.connect(config.mongo_url, config.database)
     await database.setup(log_retention_days=config.log_retention_days)
     yield database
-    # A worker process the test SIGKILLed in a transaction left it open, its locks held for the
-    # server's transaction lifetime (60 s): dropping the database would wait for them.
+    # A worker process the test SIGKILLed in a transaction, or a fault the test made in one of its
+    # own, left it open, its locks held for the server's transaction lifetime (60 s): dropping the
+    # database would wait for them (and, on the embedded server, stall every command meanwhile).
     sessions = [lsid async for worker in database.worker.find({}, {"sessions": 1})
                 for lsid in worker.get("sessions") or ()]
+    sessions += list(database.sessions.values())
     if sessions:
         await database.kill_sessions(sessions)
     await database.client.drop_database(config.database)
