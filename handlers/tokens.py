@@ -13,16 +13,7 @@ _TAGS = ("tokens",)
 _USER = Param("user", "string", "another user's (admins only; 403 for everyone else)")
 
 
-class _Calling(BaseHandler):
-    """Knows the token (session or API token) the request authenticated with, if any."""
-
-    def calling_token(self) -> ObjectId | None:
-        kind, *values = self.credentials or ("none",)
-        parsed = tokens.parse(values[0]) if kind in ("token", "cookie") else None
-        return parsed[0] if parsed else None
-
-
-class TokensHandler(_Calling):
+class TokensHandler(BaseHandler):
     """``GET /token``: the caller's API tokens; ``POST /token``: make one."""
 
     api = {
@@ -53,7 +44,7 @@ class TokensHandler(_Calling):
         self.reply({key: shown[key] for key in ("_id", "name", "read_only", "expires", "created")} | {"token": token})
 
 
-class TokenHandler(_Calling):
+class TokenHandler(BaseHandler):
     """``DELETE /token/<id>``: revoke an API token."""
 
     api = {"delete": Op("Revoke an API token: refused at once by every server", reply="ApiToken",
@@ -65,7 +56,7 @@ class TokenHandler(_Calling):
         self.reply(await tokens.revoke(self.services.db, token_id, by=self.current_user))
 
 
-class SessionsHandler(_Calling):
+class SessionsHandler(BaseHandler):
     """``GET /session``: the caller's login sessions."""
 
     api = {"get": Op("List your login sessions (POST /login made them): from where, when, which is this one",
@@ -73,10 +64,16 @@ class SessionsHandler(_Calling):
 
     async def get(self) -> None:
         self.reply(await tokens.list_tokens(self.services.db, kind=tokens.SESSION, by=self.current_user,
-                                            user=self.arg("user", str, None), current=self.calling_token()))
+                                            user=self.arg("user", str, None), current=self._calling_token()))
+
+    def _calling_token(self) -> ObjectId | None:
+        """The id of the session (or API token) this request authenticated with, if any."""
+        kind, *values = self.credentials or ("none",)
+        parsed = tokens.parse(values[0]) if kind in ("token", "cookie") else None
+        return parsed[0] if parsed else None
 
 
-class SessionHandler(_Calling):
+class SessionHandler(BaseHandler):
     """``DELETE /session/<id>``: end a login session (log it out)."""
 
     api = {"delete": Op("End a login session: its token is refused at once by every server", reply="Session",

@@ -154,6 +154,18 @@ class SessionAuth(httpx.Auth):
 
 
 @pytest.fixture
+def cli_isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, config: Config) -> Iterator[None]:
+    """For in-process command-line tests: no JOBDECK_* settings or ./jobdeck.toml from outside;
+    the test database dropped afterwards (the commands' own clients made it)."""
+    for name in list(os.environ):
+        if name.startswith("JOBDECK_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    yield
+    in_database(config, lambda db: db.client.drop_database(config.database))
+
+
+@pytest.fixture
 def cli_env(config: Config) -> dict[str, str]:
     """Environment for command-line runs against this test's database."""
     return {"JOBDECK_MONGO_URL": config.mongo_url, "JOBDECK_DATABASE": config.database,

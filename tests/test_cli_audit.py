@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 from bson import ObjectId
@@ -24,15 +22,7 @@ from tests.conftest import in_database
 FIELDS = {"_id", "at", "action", "actor", "target", "detail"}
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, config: Config) -> Iterator[None]:
-    """No JOBDECK_* settings or ./jobdeck.toml from outside; drop the test database afterwards."""
-    for name in list(os.environ):
-        if name.startswith("JOBDECK_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    yield
-    in_database(config, lambda db: db.client.drop_database(config.database))
+pytestmark = pytest.mark.usefixtures("cli_isolated")
 
 
 @pytest.fixture

@@ -18,9 +18,8 @@ from typing import Any, Callable, Iterator
 import pytest
 from click.testing import CliRunner, Result
 
-from core import queue, registry, schedules
+from core import queue, schedules
 from core.config import Config
-from core.db import Database
 from core.scheduler import LEASE_ID
 from jobdeck.cli import cli
 from tests.conftest import clean_env, free_port, in_database, wait_for

@@ -5,10 +5,9 @@ These are plain sync tests: the command line runs ``asyncio.run`` itself.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
 
 import pytest
 from click.testing import CliRunner, Result
@@ -25,15 +24,7 @@ T = TypeVar("T")
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, config: Config) -> Iterator[None]:
-    """No JOBDECK_* settings or ./jobdeck.toml from outside; drop the test database afterwards."""
-    for name in list(os.environ):
-        if name.startswith("JOBDECK_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    yield
-    in_database(config, lambda db: db.client.drop_database(config.database))
+pytestmark = pytest.mark.usefixtures("cli_isolated")
 
 
 def verifies(config: Config, name: str, password: str) -> bool:

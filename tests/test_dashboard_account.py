@@ -13,7 +13,6 @@ import re
 import time
 
 import httpx
-import pytest
 
 from handlers.base import COOKIE
 from tests.test_dashboard import browser, needs_chromium, open_page, screenshot  # noqa: F401 (browser: a fixture)

@@ -6,14 +6,12 @@ overlap are driven with an explicit ``now``: no test waits minutes.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
 from core import registry, schedules, users
-from core.config import Config
 from core.db import Database
 from core.errors import BadArgument, Conflict, Forbidden, NotFound
 from core.scheduler import LEASE_ID, Scheduler, run_due
