@@ -393,7 +393,8 @@ class Authenticator:
             doc = await self.db.token.find_one({"_id": token_id})
         else:
             doc = await self.token_cache.get(token_id, lambda: self.db.token.find_one({"_id": token_id}))
-        user = None if doc is None else await self._find(doc["user"])
+        name = None if doc is None else doc.get("user")
+        user = await self._find(name) if isinstance(name, str) else None
         tokens.check(doc, secret, user)
         try:
             await tokens.touch(self.db, doc)

@@ -253,10 +253,11 @@ async def revoke_user(db: Database, name: str) -> int:
 
 def check(doc: dict[str, Any] | None, secret: str, user: dict[str, Any] | None) -> None:
     """Raise ``Unauthorized`` unless ``doc`` is a valid token document for ``secret`` of the active ``user``."""
-    if doc is None or not hmac.compare_digest(doc["hash"], digest(secret)):
+    stored = None if doc is None else doc.get("hash")
+    if not isinstance(stored, bytes) or not hmac.compare_digest(stored, digest(secret)):
         raise Unauthorized("invalid token: unknown, logged out, revoked, or ended when its user's password "
                            "changed or the user was disabled or removed; log in again")
-    if _expired(doc):
+    if not isinstance(doc.get("expires"), (datetime, type(None))) or _expired(doc):
         raise Unauthorized("token expired; log in again" if doc["kind"] == SESSION else "token expired")
     if user is None:
         raise Unauthorized("invalid token: the user no longer exists")

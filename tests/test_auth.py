@@ -385,3 +385,12 @@ async def test_token_of_disabled_or_removed_user_is_refused(db, admin, auth):
     await users.remove(db, "bob", actor="test")
     with pytest.raises(Unauthorized, match="invalid token"):
         await auth.token(token)
+
+
+@pytest.mark.parametrize("damage", [{"$unset": {"hash": ""}}, {"$set": {"hash": "text"}}, {"$unset": {"user": ""}},
+                                    {"$set": {"user": 7}}, {"$set": {"expires": "soon"}}, {"$unset": {"stamp": ""}}])
+async def test_a_malformed_token_document_is_an_invalid_token_not_an_error(db, admin, auth, damage):
+    token, _ = await auth.issue_token(await users.get(db, "admin"))
+    await db.token.update_one({}, damage)
+    with pytest.raises(Unauthorized):
+        await auth.token(token)
